@@ -1,0 +1,143 @@
+# grus.backup — every entry point installs what it needs first (see README.md).
+#
+#   make demo          three local containers, deploy, sync + backup, restore check, tear down
+#   make test          every gate: lint, sanity, unit, integration, molecule
+#   make lint | sanity | unit | integration | molecule | build | bench | clean
+#   make molecule SCENARIO=full      one Molecule scenario
+#   make unit PYTEST_ARGS='-k prune' one selection of tests
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+ROOT := $(abspath $(dir $(lastword $(MAKEFILE_LIST))))
+VENV := $(ROOT)/.venv
+BIN := $(VENV)/bin
+BUILD := $(ROOT)/.build
+COLLECTIONS := $(BUILD)/collections
+SANITY_TREE := $(BUILD)/sanity/ansible_collections/grus/backup
+TESTBED := $(ROOT)/tests/testbed/testbed.sh
+PYTHON ?= python3
+PYTEST_ARGS ?=
+SCENARIO ?=
+SCENARIOS := $(sort $(notdir $(patsubst %/molecule.yml,%,$(wildcard $(ROOT)/molecule/*/molecule.yml))))
+# `full` last: it is the longest and builds on what the per-role scenarios show.
+SCENARIOS_ORDERED := $(filter-out full,$(SCENARIOS)) $(filter full,$(SCENARIOS))
+
+export PATH := $(BIN):$(PATH)
+export ANSIBLE_COLLECTIONS_PATH := $(COLLECTIONS)
+export PYTHONPATH := $(COLLECTIONS)
+export ANSIBLE_CONFIG := $(ROOT)/ansible.cfg
+
+# pytest exits 5 when it collected nothing: that is never a pass here.
+define run_pytest
+	rc=0; $(BIN)/pytest $(1) $(PYTEST_ARGS) || rc=$$?; \
+	if [ $$rc = 5 ]; then echo "FAILED: pytest collected no tests in $(1)" >&2; exit 1; fi; exit $$rc
+endef
+
+.PHONY: help deps host-deps venv link test lint sanity unit integration molecule demo demo-up demo-down \
+        build changelog bench clean distclean
+
+help:
+	@sed -n '2,8p' $(ROOT)/Makefile | sed 's/^# \{0,1\}//'
+
+## ---- set-up ------------------------------------------------------------------------
+
+deps: host-deps venv link
+
+host-deps:
+	@$(ROOT)/tests/testbed/host-deps.sh
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: $(ROOT)/requirements/test.txt $(ROOT)/requirements/test.lock
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check \
+	    -r $(ROOT)/requirements/test.txt -c $(ROOT)/requirements/test.lock
+	@touch $@
+
+# The collection must be found as ansible_collections/grus/backup: a link to this checkout.
+link:
+	@mkdir -p $(COLLECTIONS)/ansible_collections/grus
+	@ln -sfn ../../../.. $(COLLECTIONS)/ansible_collections/grus/backup
+
+## ---- gates -------------------------------------------------------------------------
+
+test: deps
+	@start=$$(date +%s); \
+	$(MAKE) --no-print-directory lint sanity unit integration molecule; \
+	echo "make test: every gate passed in $$(( $$(date +%s) - start )) s"
+
+lint: deps
+	$(BIN)/ruff check $(ROOT)
+	$(BIN)/ruff format --check $(ROOT)/plugins $(ROOT)/tests $(ROOT)/bench
+	$(BIN)/yamllint --strict $(ROOT)
+	cd $(ROOT) && $(BIN)/ansible-lint --strict
+	cd $(ROOT) && $(BIN)/antsibull-changelog lint
+
+# ansible-test wants the collection in an ansible_collections/grus/backup tree of its own
+# (outside this git checkout, which would hide .build/ from it) and a pip bootstrap that
+# works offline (tests/testbed/get_pip_standin.py; see ../shared/TESTBED.md).
+sanity: deps
+	@mkdir -p $(SANITY_TREE) $(HOME)/.ansible/test/cache
+	@pipver=$$($(BIN)/python -c 'from ansible_test._internal.python_requirements import get_venv_packages as g; \
+	    import types; print(g(types.SimpleNamespace(version="3"))["pip"])'); \
+	cp $(ROOT)/tests/testbed/get_pip_standin.py $(HOME)/.ansible/test/cache/get_pip_$${pipver//./_}.py
+	@rsync -a --delete --exclude /.git --exclude /.build --exclude /.venv --exclude '__pycache__' \
+	    --exclude /.pytest_cache --exclude /.ruff_cache $(ROOT)/ $(SANITY_TREE)/
+	@cd $(SANITY_TREE) && { [ -d .git ] || git init -q .; }
+	cd $(SANITY_TREE) && $(BIN)/ansible-test sanity --local --python $$($(BIN)/python -c 'import sys; print("%d.%d" % sys.version_info[:2])') --color no
+
+unit: deps
+	@$(call run_pytest,$(ROOT)/tests/unit)
+
+integration: deps
+	@$(call run_pytest,$(ROOT)/tests/integration)
+
+molecule: deps
+	@eval "$$($(TESTBED) engine)"; $(TESTBED) image trixie; \
+	scenarios="$(if $(SCENARIO),$(SCENARIO),$(SCENARIOS_ORDERED))"; \
+	[ -n "$$scenarios" ] || { echo "FAILED: no Molecule scenario found under molecule/" >&2; exit 1; }; \
+	cd $(ROOT); for s in $$scenarios; do \
+	  start=$$(date +%s); \
+	  $(BIN)/molecule test -s $$s || { $(BIN)/molecule destroy -s $$s >/dev/null 2>&1 || true; exit 1; }; \
+	  echo "molecule: scenario $$s passed in $$(( $$(date +%s) - start )) s"; \
+	done
+
+## ---- demo --------------------------------------------------------------------------
+
+# The embedded default: start, deploy, prove, tear down (KEEP=1 leaves the hosts running).
+demo: deps
+	@eval "$$($(TESTBED) engine)"; \
+	trap '[ -n "$${KEEP:-}" ] || $(TESTBED) demo-down' EXIT; \
+	$(TESTBED) demo-up; \
+	cd $(ROOT) && $(BIN)/ansible-playbook -i inventories/demo site.yml && \
+	$(BIN)/ansible-playbook -i inventories/demo playbooks/drill.yml
+
+demo-up: deps
+	@eval "$$($(TESTBED) engine)"; $(TESTBED) demo-up
+
+demo-down:
+	@$(TESTBED) demo-down
+
+## ---- packaging, docs, benchmarks -------------------------------------------------
+
+build: deps
+	@rm -rf $(BUILD)/dist $(BUILD)/installed && mkdir -p $(BUILD)/dist
+	cd $(ROOT) && $(BIN)/ansible-galaxy collection build --force --output-path $(BUILD)/dist
+	$(BIN)/ansible-galaxy collection install --offline -p $(BUILD)/installed $(BUILD)/dist/grus-backup-*.tar.gz
+	for m in borg_repo borg_archive nfs_sync; do \
+	  ANSIBLE_COLLECTIONS_PATH=$(BUILD)/installed $(BIN)/ansible-doc grus.backup.$$m >/dev/null; done
+	@echo "build: $$(ls $(BUILD)/dist) installs and its modules render with ansible-doc"
+
+changelog: deps
+	cd $(ROOT) && $(BIN)/antsibull-changelog release
+
+bench: deps
+	cd $(ROOT) && $(BIN)/python bench/run.py
+
+clean:
+	@$(TESTBED) clean || true
+
+distclean: clean
+	rm -rf $(BUILD) $(VENV)

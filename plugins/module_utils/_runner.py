@@ -1,0 +1,117 @@
+# Copyright: (c) 2026, grus.backup developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Run external commands: argument lists only, explicit environment, no shell.
+
+Private to grus.backup and pure standard library, so that the same code can be
+shipped beside the scheduled jobs (see the roles) and imported by the modules.
+Secrets never travel in argv: callers pass them in ``env`` (or a passcommand)
+and list them in ``secrets`` so that any text we hand back is scrubbed.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass, field
+
+REDACTED = "********"
+
+# Environment variables that must never leak from the caller into a child by
+# accident: a stray BORG_PASSPHRASE in the operator's shell would otherwise win
+# over the passcommand we set.
+_SCRUBBED_FROM_PARENT = (
+    "BORG_PASSPHRASE",
+    "BORG_NEW_PASSPHRASE",
+    "BORG_PASSCOMMAND",
+    "BORG_PASSPHRASE_FD",
+)
+
+
+class CommandNotFound(Exception):
+    """The program to run does not exist or is not executable."""
+
+    def __init__(self, program: str):
+        super().__init__(f"command not found: {program}")
+        self.program = program
+
+
+@dataclass
+class Result:
+    argv: list
+    rc: int
+    stdout: str
+    stderr: str
+    timed_out: bool = False
+    secrets: tuple = field(default=(), repr=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.rc == 0 and not self.timed_out
+
+    def scrubbed(self, text: str) -> str:
+        return redact(text, self.secrets)
+
+
+def redact(text: str, secrets=()) -> str:
+    """Replace every secret that appears in ``text``; empty secrets are ignored."""
+    if not text:
+        return text
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, REDACTED)
+    return text
+
+
+def build_env(extra: dict | None = None, inherit: bool = True) -> dict:
+    """The child's environment: the parent's (minus stray secrets) plus ``extra``.
+
+    A value of ``None`` in ``extra`` removes the variable.
+    """
+    env = {}
+    if inherit:
+        env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED_FROM_PARENT}
+    # Stable, parseable output whatever the operator's locale is.
+    env["LC_ALL"] = "C.UTF-8"
+    env["LANG"] = "C.UTF-8"
+    for key, value in (extra or {}).items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = str(value)
+    return env
+
+
+def run(argv, env=None, cwd=None, timeout=None, stdin_data=None, inherit_env=True, secrets=()):
+    """Run ``argv`` (a list, never a string) and capture its output.
+
+    ``secrets`` are values that must not appear in argv; a caller that slips one
+    in gets a ValueError before anything runs.
+    """
+    if isinstance(argv, (str, bytes)) or not argv:
+        raise TypeError("argv must be a non-empty list of arguments")
+    argv = [os.fspath(a) if not isinstance(a, str) else a for a in argv]
+    for secret in secrets:
+        if secret and any(secret in arg for arg in argv):
+            raise ValueError("refusing to run: a secret value appears in the command line")
+    try:
+        proc = subprocess.run(  # noqa: S603 - argv list, shell is never used
+            argv,
+            env=build_env(env, inherit=inherit_env),
+            cwd=cwd,
+            input=stdin_data,
+            stdin=None if stdin_data is not None else subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=timeout,
+            check=False,
+        )
+    except FileNotFoundError as exc:
+        raise CommandNotFound(argv[0]) from exc
+    except PermissionError as exc:
+        raise CommandNotFound(argv[0]) from exc
+    except subprocess.TimeoutExpired as exc:
+        out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+        err = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else (exc.stderr or "")
+        return Result(argv, -1, out, err, timed_out=True, secrets=tuple(secrets))
+    return Result(argv, proc.returncode, proc.stdout, proc.stderr, secrets=tuple(secrets))
