@@ -63,10 +63,21 @@ link:
 
 ## ---- gates -------------------------------------------------------------------------
 
+GATES := lint sanity unit integration molecule
+
+# Every gate runs even when an earlier one failed, so one CI run shows all that is wrong.
 test: deps
-	@start=$$(date +%s); \
-	$(MAKE) --no-print-directory lint sanity unit integration molecule; \
-	echo "make test: every gate passed in $$(( $$(date +%s) - start )) s"
+	@start=$$(date +%s); passed=0; failed=0; failures=""; \
+	for gate in $(GATES); do \
+	  t0=$$(date +%s); \
+	  if $(MAKE) --no-print-directory $$gate; then passed=$$((passed + 1)); \
+	     echo "make test: gate $$gate passed in $$(( $$(date +%s) - t0 )) s"; \
+	  else failed=$$((failed + 1)); failures="$$failures $$gate"; \
+	     echo "make test: gate $$gate FAILED after $$(( $$(date +%s) - t0 )) s"; fi; \
+	done; \
+	echo "make test: $$(( $$(date +%s) - start )) s in all; failed gates:$${failures:- none}"; \
+	echo "gates: $$passed passed, $$failed failed"; \
+	[ $$failed -eq 0 ]
 
 lint: deps
 	$(BIN)/ruff check $(ROOT)

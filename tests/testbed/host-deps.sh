@@ -10,6 +10,7 @@ need_root() {
   fi
 }
 
+# shellcheck source=/dev/null
 . /etc/os-release
 codename=${VERSION_CODENAME:-unknown}
 

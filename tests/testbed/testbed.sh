@@ -5,7 +5,8 @@
 #   testbed.sh image [SUITE]     build (or reuse) the test image for SUITE (trixie|bookworm)
 #   testbed.sh demo-up           start sarus, antigone, balearica on network grus-demo
 #   testbed.sh demo-down         remove the demo containers, network and volumes
-#   testbed.sh clean             demo-down + remove every container/network/volume we label
+#   testbed.sh clean             demo-down + remove every container of our images and every
+#                                network/volume we label
 #
 # Safe to re-run. Everything we create carries the label grus.backup.testbed=1 so that
 # clean-up never touches anything else on the machine.
@@ -179,12 +180,16 @@ clean() {
   demo_down
   eval "$(engine)"
   local ids
-  ids=$(podman_or_docker ps -aq --filter "label=$LABEL" || true)
-  [ -z "$ids" ] || podman_or_docker rm -f -v $ids >/dev/null
-  ids=$(podman_or_docker network ls -q --filter "label=$LABEL" || true)
-  [ -z "$ids" ] || podman_or_docker network rm $ids >/dev/null
-  ids=$(podman_or_docker volume ls -q --filter "label=$LABEL" || true)
-  [ -z "$ids" ] || podman_or_docker volume rm $ids >/dev/null
+  # Ours: labelled by us, or started from our images (Molecule names its own containers).
+  mapfile -t ids < <({ podman_or_docker ps -aq --filter "label=$LABEL"
+                       for suite in trixie bookworm; do
+                         podman_or_docker ps -aq --filter "ancestor=$(image_name "$suite")"
+                       done; } 2>/dev/null | sort -u)
+  [ ${#ids[@]} -eq 0 ] || podman_or_docker rm -f -v "${ids[@]}" >/dev/null
+  mapfile -t ids < <(podman_or_docker network ls -q --filter "label=$LABEL" || true)
+  [ ${#ids[@]} -eq 0 ] || podman_or_docker network rm "${ids[@]}" >/dev/null
+  mapfile -t ids < <(podman_or_docker volume ls -q --filter "label=$LABEL" || true)
+  [ ${#ids[@]} -eq 0 ] || podman_or_docker volume rm "${ids[@]}" >/dev/null
   log "no labelled container, network or volume left"
 }
 
@@ -194,5 +199,5 @@ case ${1:-} in
   demo-up) demo_up ;;
   demo-down) demo_down ;;
   clean) clean ;;
-  *) sed -n '2,12p' "$0"; exit 2 ;;
+  *) sed -n '2,13p' "$0"; exit 2 ;;
 esac
