@@ -95,7 +95,7 @@ sanity: deps
 	    import types; print(g(types.SimpleNamespace(version="3"))["pip"])'); \
 	cp $(ROOT)/tests/testbed/get_pip_standin.py $(HOME)/.ansible/test/cache/get_pip_$${pipver//./_}.py
 	@rsync -a --delete --exclude /.git --exclude /.build --exclude /.venv --exclude '__pycache__' \
-	    --exclude /.pytest_cache --exclude /.ruff_cache $(ROOT)/ $(SANITY_TREE)/
+	    --exclude /.pytest_cache --exclude /.ruff_cache --exclude /.ansible $(ROOT)/ $(SANITY_TREE)/
 	@cd $(SANITY_TREE) && { [ -d .git ] || git init -q .; }
 	cd $(SANITY_TREE) && $(BIN)/ansible-test sanity --local --python $$($(BIN)/python -c 'import sys; print("%d.%d" % sys.version_info[:2])') --color no
 
