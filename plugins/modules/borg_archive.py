@@ -1,0 +1,679 @@
+#!/usr/bin/python
+# Copyright: (c) 2026, grus.backup developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: borg_archive
+short_description: Create, delete, restore, prune and list borg archives
+version_added: 0.1.0
+description:
+  - Runs borg itself on the managed host to manage the archives of one repository.
+  - V(present) creates an archive from O(paths) (C(borg create)).
+  - V(absent) deletes one named archive (C(borg delete)).
+  - V(extracted) restores an archive, or some paths of it, into O(dest) (C(borg extract)).
+  - V(pruned) applies a retention policy (C(borg prune)), behind a O(max_deletions) guard.
+  - V(listed) lists the archives of the repository, or the files of one archive.
+  - C(changed) is exact. Every state supports check mode; diff mode shows what a create would add, what a
+    prune would remove, and what a restore would write.
+author:
+  - grus.backup developers (@grus-collective)
+extends_documentation_fragment:
+  - grus.backup.borg
+  - grus.backup.borg.attributes
+  - grus.backup.borg.actiongroup_borg
+attributes:
+  check_mode:
+    support: full
+    details:
+      - V(present) and V(extracted) run borg with C(--dry-run) in diff mode (create) or always (extract),
+        which reads the repository but writes nothing.
+      - V(pruned) runs C(borg prune --dry-run --list) and deletes nothing.
+  diff_mode:
+    support: full
+    details:
+      - V(present) lists the paths that go into the archive (in check mode, every path borg would
+        visit; otherwise the added and modified ones).
+      - V(pruned) shows the matching archives before and the kept ones after.
+      - V(absent) and V(extracted) show the archive or the restored paths.
+options:
+  name:
+    description:
+      - The archive name.
+      - Borg placeholders such as V({hostname}-{now}) are allowed with O(state=present). Such a name
+        cannot be checked for existence beforehand, so every run creates a new archive.
+      - Required for V(present), V(absent) and V(extracted); with V(listed) it lists that archive's files.
+    type: str
+  state:
+    description:
+      - What to do; see the description.
+    type: str
+    choices: [present, absent, extracted, pruned, listed]
+    default: present
+  paths:
+    description:
+      - With V(present), the files and directories to archive, best given as absolute paths (a relative path
+        is relative to the module's working directory, and C(~) is not expanded). Every one must exist; a
+        missing path fails before anything is written (borg itself would only warn and save a partial archive).
+      - With V(extracted) and V(listed), the archive paths to restore or list, as stored in the archive
+        (without a leading V(/), for example V(srv/data)). Absolute paths and V(..) components are refused.
+    type: list
+    elements: str
+    default: []
+  exclude:
+    description:
+      - Exclude patterns for V(present) (C(borg create --exclude)), in borg's pattern syntax
+        (C(fm:) by default, C(sh:), C(re:), C(pp:)).
+    type: list
+    elements: str
+    default: []
+  exclude_if_present:
+    description:
+      - Exclude directories that contain a file of one of these names (C(--exclude-if-present)).
+    type: list
+    elements: str
+    default: []
+  one_file_system:
+    description:
+      - Stay on the file system of each path (C(--one-file-system)).
+    type: bool
+    default: false
+  compression:
+    description:
+      - Compression for new data (C(--compression)), in borg's notation (V(lz4), V(zstd,3), V(auto,zstd,10)).
+    type: str
+    default: lz4
+  files_cache:
+    description:
+      - Borg's files cache mode (C(--files-cache)). Use V(ctime,size) or V(mtime,size) for NFS and other
+        sources whose inode numbers are not stable, so that unchanged files are not read again.
+      - Not set leaves borg's default (V(ctime,size,inode)).
+    type: str
+  comment:
+    description:
+      - A comment stored with a new archive.
+    type: str
+  timestamp:
+    description:
+      - The archive time of a new archive (C(--timestamp)), UTC as V(yyyy-mm-ddThh:mm:ss), or a file whose
+        mtime to use. Defaults to now.
+    type: str
+  dest:
+    description:
+      - With V(extracted), the directory to restore into. Created (mode 0700) when missing.
+      - V(/) is refused. A non-empty directory is refused unless O(force=true), except when it already
+        holds exactly what would be restored (same types, sizes, modification times and link targets),
+        which is reported as unchanged.
+    type: path
+  strip_components:
+    description:
+      - With V(extracted), remove this many leading path elements (C(--strip-components)); paths with
+        fewer elements are not restored.
+    type: int
+    default: 0
+  force:
+    description:
+      - With V(extracted), restore into a non-empty O(dest), overwriting files of the same names.
+    type: bool
+    default: false
+  keep_within:
+    description:
+      - With V(pruned), keep every archive younger than this interval, given as a number and one of V(H) (hours),
+        V(d) (days), V(w) (weeks), V(m) (months), V(y) (years); for example V(14d).
+    type: str
+  keep_last:
+    description:
+      - With V(pruned), keep this many most recent archives.
+    type: int
+  keep_hourly:
+    description:
+      - With V(pruned), number of hourly archives to keep.
+    type: int
+  keep_daily:
+    description:
+      - With V(pruned), number of daily archives to keep.
+    type: int
+  keep_weekly:
+    description:
+      - With V(pruned), number of weekly archives to keep.
+    type: int
+  keep_monthly:
+    description:
+      - With V(pruned), number of monthly archives to keep.
+    type: int
+  keep_yearly:
+    description:
+      - With V(pruned), number of yearly archives to keep.
+    type: int
+  match_archives:
+    description:
+      - With V(pruned) and V(listed), consider only archives whose names match this shell glob
+        (C(--glob-archives)). A value without glob characters is a prefix (V(antigone-) is V(antigone-*)).
+      - Prune archives of different sources separately, each with its own prefix.
+    type: str
+  max_deletions:
+    description:
+      - With V(pruned), the most archives one run may delete. When the plan (a C(--dry-run) first) would
+        delete more, the module fails and deletes nothing.
+      - Not set means no limit.
+    type: int
+  max_files:
+    description:
+      - With V(listed) and O(name), return at most this many files (0 returns all).
+    type: int
+    default: 1000
+notes:
+  - V(absent) and V(pruned) do not compact the repository (borg >= 1.2 separates C(borg compact)), so
+    space is reclaimed when the repository host compacts. On an append-only repository the deletion is
+    only logical until then; the module says so in a warning.
+  - Restores compare an existing O(dest) by size and modification time, as rsync does by default, to
+    decide that nothing needs restoring.
+seealso:
+  - module: grus.backup.borg_repo
+  - name: borg create
+    description: Borg's documentation of archive creation, patterns and placeholders.
+    link: https://borgbackup.readthedocs.io/en/stable/usage/create.html
+  - name: borg prune
+    description: Borg's documentation of the retention rules.
+    link: https://borgbackup.readthedocs.io/en/stable/usage/prune.html
+"""
+
+EXAMPLES = r"""
+# Ad hoc restore, as an operator types it (on the key holder, as root):
+#   BORG='repo=/srv/borg/local passcommand="cat /root/.config/borg/passphrase"'
+#   ansible antigone -b -m grus.backup.borg_archive \
+#     -a "$BORG name=antigone-2026-11-23T04:00 state=extracted dest=/srv/restore"
+
+- name: Back up the NFS export (one archive per run)
+  grus.backup.borg_archive:
+    repo: ssh://borg-antigone@sarus.example.net/srv/borg/antigone
+    passcommand: cat /root/.config/borg/passphrase
+    rsh: ssh -i /root/.ssh/borg_ed25519 -o BatchMode=yes
+    name: "antigone-{now:%Y-%m-%dT%H:%M}"
+    paths:
+      - /srv/nfs/volumes
+    exclude:
+      - /srv/nfs/volumes/connection-logs
+    exclude_if_present:
+      - .nobackup
+    files_cache: ctime,size
+    compression: zstd,3
+
+- name: Restore one directory of an archive into an empty directory
+  grus.backup.borg_archive:
+    repo: ssh://borg-antigone@sarus.example.net/srv/borg/antigone
+    passcommand: cat /root/.config/borg/passphrase
+    name: antigone-2026-11-23T04:00
+    state: extracted
+    paths:
+      - srv/nfs/volumes/www
+    strip_components: 3
+    dest: /srv/restore
+
+- name: Keep 14 days of archives, deleting at most 10 in one run
+  grus.backup.borg_archive:
+    repo: ssh://borg-antigone@sarus.example.net/srv/borg/antigone
+    passcommand: cat /root/.config/borg/passphrase
+    state: pruned
+    keep_within: 14d
+    match_archives: antigone-
+    max_deletions: 10
+
+- name: Delete one archive
+  grus.backup.borg_archive:
+    repo: /srv/borg/local
+    passcommand: cat /root/.config/borg/passphrase
+    name: antigone-2026-11-01T04:00
+    state: absent
+
+- name: List the files of an archive
+  grus.backup.borg_archive:
+    repo: /srv/borg/local
+    passcommand: cat /root/.config/borg/passphrase
+    name: antigone-2026-11-23T04:00
+    state: listed
+    max_files: 100
+  register: listing
+"""
+
+RETURN = r"""
+repo:
+  description: The repository, as given.
+  returned: always
+  type: str
+  sample: /srv/borg/local
+borg_version:
+  description: The version of borg on the managed host.
+  returned: always
+  type: str
+  sample: 1.4.0
+archive:
+  description:
+    - The archive concerned. For V(present) the new or existing archive; null in check mode when it
+      would be created.
+  returned: when O(state) is V(present), V(absent), V(extracted), or V(listed) with O(name)
+  type: dict
+  contains:
+    name:
+      description: Archive name (placeholders expanded).
+      type: str
+      sample: antigone-2026-11-23T04:00
+    id:
+      description: Archive id.
+      type: str
+      sample: 26662c54191c9140c91bae35adb8c26da307c4c0f57d7c48e0a78c4bd5d2ea2f
+    time:
+      description: Archive time (ISO 8601).
+      type: str
+      sample: "2026-11-23T04:00:02.000000"
+    stats:
+      description: Sizes of a new archive (original, compressed, deduplicated, number of files).
+      type: dict
+      returned: when O(state=present) created the archive
+      sample: {"original_size": 1048576, "compressed_size": 1049000, "deduplicated_size": 1049000, "nfiles": 3}
+archives:
+  description: The archives (filtered by O(match_archives)), oldest first.
+  returned: when O(state=listed) without O(name)
+  type: list
+  elements: dict
+  sample: [{"name": "antigone-2026-11-23T04:00", "time": "2026-11-23T04:00:02.000000", "id": "26662c54..."}]
+files:
+  description: Files of the archive (path, type, mode, size, mtime), at most O(max_files).
+  returned: when O(state=listed) with O(name)
+  type: list
+  elements: dict
+  sample: [{"path": "srv/data/a.txt", "type": "-", "mode": "-rw-r--r--", "size": 6,
+            "mtime": "2026-11-23T04:00:00.000000"}]
+files_total:
+  description: How many files the archive (under O(paths)) holds.
+  returned: when O(state=listed) with O(name)
+  type: int
+  sample: 3
+files_truncated:
+  description: Whether O(max_files) cut the list.
+  returned: when O(state=listed) with O(name)
+  type: bool
+  sample: false
+pruned:
+  description: The archives that were (in check mode, would be) deleted by the prune.
+  returned: when O(state=pruned)
+  type: list
+  elements: dict
+  sample: [{"name": "antigone-2026-11-01T04:00", "time": "2026-11-01T04:00:02.000000", "id": "ec72..."}]
+kept:
+  description: The archives the retention keeps, each with the rule that keeps it.
+  returned: when O(state=pruned)
+  type: list
+  elements: dict
+  sample: [{"name": "antigone-2026-11-23T04:00", "time": "2026-11-23T04:00:02.000000", "id": "2666...",
+            "rule": "within #1"}]
+restore_dir:
+  description:
+    - The absolute restore directory (named so, not C(dest), because Ansible would add the directory's file
+      attributes to a result key named C(dest)).
+  returned: when O(state=extracted)
+  type: str
+  sample: /srv/restore
+files_restored:
+  description: Files (every entry that is not a directory) written by the restore (in check mode, that would be).
+  returned: when O(state=extracted)
+  type: int
+  sample: 3
+bytes_restored:
+  description: Bytes of regular files written by the restore (in check mode, that would be).
+  returned: when O(state=extracted)
+  type: int
+  sample: 1048576
+append_only:
+  description: The repository's own append-only flag (null when it cannot be read, for remote repositories).
+  returned: when O(state) is V(absent) or V(pruned)
+  type: bool
+  sample: false
+"""
+
+import copy
+import os
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.grus.backup.plugins.module_utils._borg import (
+    BORG_COMMON_ARGUMENT_SPEC,
+    BORG_COMMON_MUTUALLY_EXCLUSIVE,
+    DEFAULT_COMPRESSION,
+    RETENTION_KEYS,
+    BorgError,
+    BorgRepo,
+    archive_items,
+    borg_version,
+    check_restore_dest,
+    create_archive,
+    delete_archive,
+    extract,
+    has_placeholder,
+    list_archives,
+    prune,
+    repo_append_only,
+    restore_differences,
+    restore_plan,
+    restore_totals,
+    validate_restore_paths,
+    validate_retention,
+)
+
+DIFF_LINES = 1000
+FILE_FIELDS = ("path", "type", "mode", "user", "group", "size", "mtime", "linktarget")
+
+
+def argument_spec() -> dict:
+    spec = copy.deepcopy(BORG_COMMON_ARGUMENT_SPEC)
+    spec.update(
+        name={"type": "str"},
+        state={"type": "str", "choices": ["present", "absent", "extracted", "pruned", "listed"], "default": "present"},
+        paths={"type": "list", "elements": "str", "default": []},
+        exclude={"type": "list", "elements": "str", "default": []},
+        exclude_if_present={"type": "list", "elements": "str", "default": []},
+        one_file_system={"type": "bool", "default": False},
+        compression={"type": "str", "default": DEFAULT_COMPRESSION},
+        files_cache={"type": "str"},
+        comment={"type": "str"},
+        timestamp={"type": "str"},
+        dest={"type": "path"},
+        strip_components={"type": "int", "default": 0},
+        force={"type": "bool", "default": False},
+        keep_within={"type": "str"},
+        keep_last={"type": "int"},
+        keep_hourly={"type": "int"},
+        keep_daily={"type": "int"},
+        keep_weekly={"type": "int"},
+        keep_monthly={"type": "int"},
+        keep_yearly={"type": "int"},
+        match_archives={"type": "str"},
+        max_deletions={"type": "int"},
+        max_files={"type": "int", "default": 1000},
+    )
+    return spec
+
+
+def diff_text(lines) -> str:
+    lines = list(lines)
+    shown = lines[:DIFF_LINES]
+    if len(lines) > DIFF_LINES:
+        shown.append(f"... and {len(lines) - DIFF_LINES} more")
+    return "".join(f"{line}\n" for line in shown)
+
+
+def find_archive(archives, name):
+    return next((a for a in archives if a["name"] == name), None)
+
+
+def append_only_warning(conn: BorgRepo, what: str) -> tuple[bool | None, str]:
+    flag = repo_append_only(conn)
+    if flag:
+        return flag, (
+            f"repository {conn.repo} is append-only: the {what} is only logical; the data stays in the "
+            "repository (and can be recovered) until the repository host runs borg compact"
+        )
+    if flag is None:
+        return flag, (
+            f"if the repository host serves {conn.repo} append-only (borg serve --append-only), the {what} is "
+            "only logical until the repository host runs borg compact"
+        )
+    return flag, ""
+
+
+# ---------------------------------------------------------------------------- states
+
+
+def state_present(conn, params, check_mode, diff):
+    name = params["name"]
+    paths = list(params["paths"])
+    if not paths:
+        raise BorgError(f"state=present needs paths to archive into {conn.repo}", cause="invalid_input")
+    missing = [p for p in paths if not os.path.lexists(p)]
+    if missing:
+        raise BorgError(
+            f"source path(s) missing, nothing written to repository {conn.repo}: {', '.join(missing)}",
+            cause="source_missing",
+            repo=conn.repo,
+        )
+    result = {"borg_version": borg_version(conn.borg), "changed": False, "warnings": []}
+    options = {
+        "exclude": params["exclude"],
+        "exclude_if_present": params["exclude_if_present"],
+        "one_file_system": params["one_file_system"],
+        "compression": params["compression"],
+        "files_cache": params["files_cache"],
+        "comment": params["comment"],
+        "timestamp": params["timestamp"],
+    }
+    if not has_placeholder(name):
+        existing = find_archive(list_archives(conn), name)
+        if existing:
+            result["archive"] = existing
+            return result
+    result["changed"] = True
+    if check_mode:
+        result["archive"] = None
+        if diff:
+            planned = create_archive(conn, name, paths, dry_run=True, list_files=True, **options)
+            result["warnings"] += planned["warnings"]
+            result["diff"] = {
+                "before": "",
+                "after": diff_text(path for _status, path in planned["files"]),
+                "after_header": f"{conn.repo}::{name} (would archive)",
+            }
+        return result
+    created = create_archive(conn, name, paths, list_files=diff, list_filter="AME" if diff else None, **options)
+    result["archive"] = created["archive"]
+    result["warnings"] += created["warnings"]
+    if diff:
+        result["diff"] = {
+            "before": "",
+            "after": diff_text(f"{s} {p}" for s, p in created["files"]),
+            "after_header": f"{conn.repo}::{created['archive']['name']} (added/modified)",
+        }
+    return result
+
+
+def state_absent(conn, params, check_mode, diff):
+    name = params["name"]
+    if has_placeholder(name):
+        raise BorgError(
+            f"state=absent needs a literal archive name, not a placeholder: {name}",
+            cause="invalid_input",
+            repo=conn.repo,
+        )
+    result = {"borg_version": borg_version(conn.borg), "changed": False, "warnings": []}
+    existing = find_archive(list_archives(conn), name)
+    result["archive"] = existing
+    result["append_only"], warning = append_only_warning(conn, "delete")
+    if not existing:
+        return result
+    result["changed"] = True
+    if diff:
+        result["diff"] = {"before": f"{name}\n", "after": "", "before_header": f"{conn.repo} archives"}
+    if check_mode:
+        return result
+    result["warnings"] += delete_archive(conn, name)
+    if find_archive(list_archives(conn), name):
+        raise BorgError(
+            f"archive {name} is still listed in repository {conn.repo} after borg delete",
+            cause="delete_failed",
+            repo=conn.repo,
+        )
+    if warning:
+        result["warnings"].append(warning)
+    return result
+
+
+def state_extracted(conn, params, check_mode, diff):
+    name = params["name"]
+    if has_placeholder(name):
+        raise BorgError(
+            f"state=extracted needs a literal archive name, not a placeholder: {name}",
+            cause="invalid_input",
+            repo=conn.repo,
+        )
+    paths = validate_restore_paths(params["paths"])
+    strip = params["strip_components"]
+    if strip < 0:
+        raise BorgError("strip_components must be 0 or more", cause="invalid_input", repo=conn.repo)
+    dest = check_restore_dest(params["dest"], force=params["force"])
+    result = {"borg_version": borg_version(conn.borg), "changed": False, "warnings": [], "restore_dir": dest}
+    archive = find_archive(list_archives(conn), name)
+    if archive is None:
+        raise BorgError(
+            f"archive {name} does not exist in repository {conn.repo}", cause="archive_missing", repo=conn.repo
+        )
+    result["archive"] = archive
+    plan = restore_plan(archive_items(conn, name, paths), strip)
+    if not plan:
+        raise BorgError(
+            f"nothing to restore from {conn.repo}::{name}: paths {paths} (strip_components={strip}) match no item",
+            cause="nothing_matched",
+            repo=conn.repo,
+        )
+    totals = restore_totals(plan)
+    result["files_restored"] = totals["files"]
+    result["bytes_restored"] = totals["bytes"]
+    occupied = os.path.isdir(dest) and bool(os.listdir(dest))
+    if occupied and not restore_differences(plan, dest, limit=1):
+        result["files_restored"] = result["bytes_restored"] = 0
+        return result
+    if occupied and not params["force"]:
+        raise BorgError(
+            f"dest {dest} is not empty and differs from {conn.repo}::{name}; refusing to restore over it "
+            "(use an empty directory, or force=true to overwrite)",
+            cause="dest_not_empty",
+            repo=conn.repo,
+        )
+    result["changed"] = True
+    if diff:
+        result["diff"] = {
+            "before": "",
+            "after": diff_text(i["target"] for i in plan),
+            "after_header": f"{dest} (restored from {conn.repo}::{name})",
+        }
+    if check_mode:
+        # Reads every chunk: proves the archive can be restored, writes nothing.
+        result["warnings"] += extract(conn, name, dest if os.path.isdir(dest) else "/", paths, strip, dry_run=True)
+        return result
+    os.makedirs(dest, mode=0o700, exist_ok=True)
+    result["warnings"] += extract(conn, name, dest, paths, strip)
+    left = restore_differences(plan, dest)
+    if left:
+        result["warnings"].append(f"after the restore into {dest} these differ from the archive: {', '.join(left)}")
+    return result
+
+
+def state_pruned(conn, params, check_mode, diff):
+    retention = validate_retention({key: params[key] for key in RETENTION_KEYS if key in params})
+    max_deletions = params["max_deletions"]
+    if max_deletions is not None and max_deletions < 0:
+        raise BorgError("max_deletions must be 0 or more", cause="invalid_input", repo=conn.repo)
+    match = params["match_archives"]
+    result = {"borg_version": borg_version(conn.borg), "changed": False, "warnings": []}
+    archives = list_archives(conn, match_archives=match)
+    plan = prune(conn, retention, match_archives=match, dry_run=True, archives=archives)
+    result["warnings"] += plan["warnings"]
+    result["pruned"], result["kept"] = plan["pruned"], plan["kept"]
+    result["append_only"], warning = append_only_warning(conn, "prune")
+    if diff:
+        result["diff"] = {
+            "before": diff_text(a["name"] for a in archives),
+            "after": diff_text(a["name"] for a in archives if a["id"] not in {p["id"] for p in plan["pruned"]}),
+            "before_header": f"{conn.repo} archives",
+            "after_header": f"{conn.repo} archives",
+        }
+    if max_deletions is not None and len(plan["pruned"]) > max_deletions:
+        raise BorgError(
+            f"prune of {conn.repo} would delete {len(plan['pruned'])} archives, more than max_deletions="
+            f"{max_deletions}; nothing deleted (would delete: {', '.join(a['name'] for a in plan['pruned'])})",
+            cause="max_deletions",
+            repo=conn.repo,
+        )
+    if not plan["pruned"]:
+        return result
+    result["changed"] = True
+    if check_mode:
+        return result
+    done = prune(conn, retention, match_archives=match, archives=archives)
+    result["warnings"] += done["warnings"]
+    result["pruned"], result["kept"] = done["pruned"], done["kept"]
+    result["changed"] = bool(done["pruned"])
+    remaining = {a["id"] for a in list_archives(conn, match_archives=match)}
+    still = [a["name"] for a in done["pruned"] if a["id"] in remaining]
+    if still:
+        raise BorgError(
+            f"archives still listed in {conn.repo} after prune: {', '.join(still)}",
+            cause="prune_failed",
+            repo=conn.repo,
+        )
+    if warning:
+        result["warnings"].append(warning)
+    return result
+
+
+def state_listed(conn, params, check_mode, diff):
+    result = {"borg_version": borg_version(conn.borg), "changed": False, "warnings": []}
+    name = params["name"]
+    if not name:
+        result["archives"] = list_archives(conn, match_archives=params["match_archives"])
+        return result
+    paths = validate_restore_paths(params["paths"])
+    archive = find_archive(list_archives(conn), name)
+    if archive is None:
+        raise BorgError(
+            f"archive {name} does not exist in repository {conn.repo}", cause="archive_missing", repo=conn.repo
+        )
+    items = archive_items(conn, name, paths)
+    limit = params["max_files"]
+    shown = items if not limit or limit < 0 else items[:limit]
+    result.update(
+        archive=archive,
+        files=[{k: item.get(k) for k in FILE_FIELDS} for item in shown],
+        files_total=len(items),
+        files_truncated=len(shown) < len(items),
+    )
+    return result
+
+
+STATES = {
+    "present": state_present,
+    "absent": state_absent,
+    "extracted": state_extracted,
+    "pruned": state_pruned,
+    "listed": state_listed,
+}
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=argument_spec(),
+        mutually_exclusive=BORG_COMMON_MUTUALLY_EXCLUSIVE,
+        required_if=[
+            ("state", "present", ("name", "paths")),
+            ("state", "absent", ("name",)),
+            ("state", "extracted", ("name", "dest")),
+        ],
+        supports_check_mode=True,
+    )
+    params = module.params
+    borg = module.get_bin_path("borg", required=True)
+    conn = BorgRepo.from_params(params, borg=borg)
+    try:
+        result = STATES[params["state"]](conn, params, module.check_mode, module._diff)
+    except BorgError as exc:
+        failure = exc.as_dict()
+        if conn.repo not in failure["msg"]:
+            failure["msg"] = f"repository {conn.repo}: {failure['msg']}"
+        failure["msg"] = conn.redact(failure["msg"])
+        failure["borg_messages"] = [conn.redact(m) for m in failure["borg_messages"]]
+        module.fail_json(repo=params["repo"], **failure)
+    for warning in result.pop("warnings"):
+        module.warn(warning)
+    module.exit_json(repo=params["repo"], **result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,703 @@
+"""Unit tests for plugins/module_utils/_borg.py: argv and env building, the failure table, parsers.
+
+The runner is replaced by a fake that records what it was asked to run; no borg runs here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pytest
+import yaml
+from ansible_collections.grus.backup.plugins.doc_fragments.borg import ModuleDocFragment
+from ansible_collections.grus.backup.plugins.module_utils import _borg
+from ansible_collections.grus.backup.plugins.module_utils._runner import CommandNotFound, Result
+
+SECRET = "correct-horse-battery-staple-42"  # noqa: S105 - a test value
+REPO = "ssh://backup@sarus.example.net:2222/srv/borg/antigone"
+
+
+class FakeRunner:
+    """Records every call; answers with a queue of Results (or raises a queued exception)."""
+
+    def __init__(self, *answers):
+        self.answers = list(answers)
+        self.calls = []
+
+    def __call__(self, argv, env=None, cwd=None, timeout=None, stdin_data=None, inherit_env=True, secrets=()):
+        self.calls.append({"argv": list(argv), "env": dict(env or {}), "cwd": cwd, "secrets": tuple(secrets)})
+        # The real runner's guarantee, kept by the fake so that tests see it.
+        for secret in secrets:
+            if secret and any(secret in arg for arg in argv):
+                raise ValueError("refusing to run: a secret value appears in the command line")
+        answer = self.answers.pop(0) if self.answers else Result(argv, 0, "", "")
+        if isinstance(answer, Raise):
+            raise answer.error
+        return answer
+
+
+class Raise:
+    """A queued answer that makes the fake runner raise instead of returning."""
+
+    def __init__(self, error: Exception):
+        self.error = error
+
+
+def log_line(message, levelname="ERROR", msgid=None, name="borg.archiver"):
+    entry = {"type": "log_message", "time": time.time(), "message": message, "levelname": levelname, "name": name}
+    if msgid:
+        entry["msgid"] = msgid
+    return json.dumps(entry)
+
+
+def result(rc=0, stdout="", stderr_lines=(), timed_out=False):
+    return Result(["borg"], rc, stdout, "\n".join(stderr_lines) + "\n", timed_out=timed_out)
+
+
+def conn(runner=None, **kwargs):
+    kwargs.setdefault("passphrase", SECRET)
+    return _borg.BorgRepo(REPO, runner=runner, **kwargs)
+
+
+# ------------------------------------------------------------------ versions
+
+
+@pytest.mark.parametrize(
+    ("text", "version"),
+    [
+        ("borg 1.4.0\n", (1, 4, 0)),
+        ("borg 1.2.8", (1, 2, 8)),
+        ("borg-linux64 1.2.9", (1, 2, 9)),
+        ("borg 2.0.0b14", (2, 0, 0)),
+    ],
+)
+def test_parse_borg_version(text, version):
+    assert _borg.parse_borg_version(text) == version
+
+
+def test_parse_borg_version_garbage():
+    with pytest.raises(_borg.BorgError):
+        _borg.parse_borg_version("command not found")
+
+
+@pytest.mark.parametrize("version", [(1, 2, 8), (1, 2, 9), (1, 4, 0), (1, 4, 3)])
+def test_supported_versions(version):
+    _borg.check_borg_version(version)
+
+
+@pytest.mark.parametrize("version", [(1, 2, 7), (1, 2, 4), (1, 1, 18), (1, 0, 13)])
+def test_old_borg_refused_naming_the_cve(version):
+    with pytest.raises(_borg.BorgError) as err:
+        _borg.check_borg_version(version)
+    assert "CVE-2023-36811" in str(err.value)
+    assert "1.2.8" in str(err.value)
+    assert err.value.cause == "unsupported_version"
+
+
+def test_borg2_refused():
+    with pytest.raises(_borg.BorgError, match="not supported"):
+        _borg.check_borg_version((2, 0, 0))
+
+
+def test_borg_version_runs_version_only():
+    runner = FakeRunner(result(0, "borg 1.4.0\n"))
+    assert _borg.borg_version("/usr/bin/borg", runner=runner) == "1.4.0"
+    assert runner.calls[0]["argv"] == ["/usr/bin/borg", "--version"]
+
+
+def test_borg_version_too_old_via_runner():
+    with pytest.raises(_borg.BorgError, match="CVE-2023-36811"):
+        _borg.borg_version(runner=FakeRunner(result(0, "borg 1.2.4\n")))
+
+
+def test_borg_missing():
+    with pytest.raises(_borg.BorgError) as err:
+        _borg.borg_version(runner=FakeRunner(Raise(CommandNotFound("borg"))))
+    assert err.value.cause == "borg_missing"
+
+
+# ------------------------------------------------------------------ environment
+
+
+def test_env_passphrase_only_in_env_and_prompts_answered_no():
+    env = _borg.borg_env(
+        passphrase=SECRET,
+        passcommand="cat /x",
+        host_id="antigone@1",
+        keys_dir="/k",
+        base_dir="/b",
+        remote_path="/usr/local/bin/borg",
+        rsh="ssh -p 2222",
+    )
+    assert env["BORG_PASSPHRASE"] == SECRET
+    assert env["BORG_PASSCOMMAND"] is None  # a passphrase wins; no ambiguity for borg
+    assert env["BORG_NEW_PASSPHRASE"] is None
+    assert env["BORG_PASSPHRASE_FD"] is None
+    assert env["BORG_RSH"] == "ssh -p 2222"
+    assert env["BORG_REMOTE_PATH"] == "/usr/local/bin/borg"
+    assert env["BORG_HOST_ID"] == "antigone@1"
+    assert env["BORG_KEYS_DIR"] == "/k"
+    assert env["BORG_BASE_DIR"] == "/b"
+    assert env["BORG_RELOCATED_REPO_ACCESS_IS_OK"] == "no"
+    assert env["BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK"] == "no"
+    assert env["BORG_CHECK_I_KNOW_WHAT_I_AM_DOING"] == "NO"
+    assert env["BORG_DELETE_I_KNOW_WHAT_I_AM_DOING"] == "NO"
+    assert env["BORG_DISPLAY_PASSPHRASE"] == "no"  # noqa: S105 - a setting, not a password
+    assert env["BORG_EXIT_CODES"] == "modern"
+
+
+def test_env_passcommand_and_defaults():
+    env = _borg.borg_env(passcommand="cat /root/.config/borg/passphrase")
+    assert env["BORG_PASSCOMMAND"] == "cat /root/.config/borg/passphrase"
+    assert env["BORG_PASSPHRASE"] is None  # removes an inherited one
+    assert "BatchMode=yes" in env["BORG_RSH"]
+    assert "ServerAliveInterval" in env["BORG_RSH"]
+    for key in ("BORG_REMOTE_PATH", "BORG_HOST_ID", "BORG_KEYS_DIR", "BORG_BASE_DIR"):
+        assert env[key] is None
+
+
+def test_env_reaches_the_child_without_stray_parent_secrets(monkeypatch):
+    from ansible_collections.grus.backup.plugins.module_utils._runner import build_env
+
+    monkeypatch.setenv("BORG_PASSPHRASE", "from-the-operator-shell")
+    monkeypatch.setenv("BORG_RELOCATED_REPO_ACCESS_IS_OK", "yes")
+    child = build_env(_borg.borg_env(passcommand="cat /p"))
+    assert "BORG_PASSPHRASE" not in child
+    assert child["BORG_PASSCOMMAND"] == "cat /p"
+    assert child["BORG_RELOCATED_REPO_ACCESS_IS_OK"] == "no"
+
+
+# ------------------------------------------------------------------ shared options = doc fragment
+
+
+def test_common_argument_spec_matches_doc_fragment():
+    doc = yaml.safe_load(ModuleDocFragment.DOCUMENTATION)["options"]
+    spec = _borg.BORG_COMMON_ARGUMENT_SPEC
+    assert (
+        set(doc)
+        == set(spec)
+        == {"repo", "passphrase", "passcommand", "rsh", "remote_path", "lock_wait", "host_id", "keys_dir", "base_dir"}
+    )
+    for name, option in spec.items():
+        assert doc[name]["type"] == option["type"], name
+        assert doc[name].get("default") == option.get("default"), name
+        assert bool(doc[name].get("required")) == bool(option.get("required")), name
+    assert spec["passphrase"]["no_log"] is True
+    assert spec["lock_wait"]["default"] == 60
+
+
+def test_action_group_fragment_names_the_group():
+    attrs = yaml.safe_load(ModuleDocFragment.ACTIONGROUP_BORG)["attributes"]["action_group"]
+    assert "grus.backup.borg" in attrs["membership"]
+    runtime_yml = os.path.join(os.path.dirname(_borg.__file__), "..", "..", "meta", "runtime.yml")
+    with open(runtime_yml) as handle:
+        runtime = yaml.safe_load(handle)
+    assert set(runtime["action_groups"]["borg"]) == {"borg_repo", "borg_archive"}
+
+
+# ------------------------------------------------------------------ argv builders
+
+
+def test_borg_argv_global_options():
+    assert _borg.borg_argv(["list"], borg="/usr/bin/borg", lock_wait=5) == [
+        "/usr/bin/borg",
+        "--log-json",
+        "--lock-wait",
+        "5",
+        "list",
+    ]
+    assert _borg.borg_argv(["list"], log_json=False) == ["borg", "list"]
+
+
+def test_create_argv_everything():
+    argv = _borg.create_argv(
+        REPO,
+        "antigone-{now}",
+        ["/srv/nfs", "/etc"],
+        exclude=["/srv/nfs/connection-logs", "sh:**/*.tmp"],
+        exclude_from=["/etc/grus/excludes"],
+        exclude_if_present=[".nobackup"],
+        exclude_caches=True,
+        one_file_system=True,
+        compression="zstd,3",
+        files_cache="ctime,size",
+        comment="nightly",
+        timestamp="2026-11-23T04:00:00",
+        checkpoint_interval=600,
+        lock_wait=30,
+    )
+    assert argv[:5] == ["borg", "--log-json", "--lock-wait", "30", "create"]
+    assert "--json" in argv
+    assert argv[argv.index("--compression") + 1] == "zstd,3"
+    assert argv[argv.index("--files-cache") + 1] == "ctime,size"
+    assert argv[argv.index("--exclude") : argv.index("--exclude") + 2] == ["--exclude", "/srv/nfs/connection-logs"]
+    assert argv.count("--exclude") == 2
+    assert argv[argv.index("--exclude-from") + 1] == "/etc/grus/excludes"
+    assert argv[argv.index("--exclude-if-present") + 1] == ".nobackup"
+    assert "--one-file-system" in argv and "--exclude-caches" in argv
+    assert argv[argv.index("--comment") + 1] == "nightly"
+    assert argv[argv.index("--timestamp") + 1] == "2026-11-23T04:00:00"
+    assert argv[argv.index("--checkpoint-interval") + 1] == "600"
+    # positionals after "--" so that a name or path starting with "-" is never an option
+    assert argv[argv.index("--") :] == ["--", f"{REPO}::antigone-{{now}}", "/srv/nfs", "/etc"]
+
+
+def test_create_argv_defaults_and_dry_run():
+    argv = _borg.create_argv("/r", "a", ["/x"])
+    assert argv[argv.index("--compression") + 1] == "lz4"
+    assert "--files-cache" not in argv and "--dry-run" not in argv
+    dry = _borg.create_argv("/r", "a", ["/x"], dry_run=True, list_files=True, list_filter="AME")
+    assert "--dry-run" in dry and "--list" in dry and "--json" not in dry  # borg refuses --json with --dry-run
+    assert dry[dry.index("--filter") + 1] == "AME"
+
+
+def test_create_argv_needs_paths():
+    with pytest.raises(_borg.BorgError):
+        _borg.create_argv("/r", "a", [])
+
+
+def test_prune_argv():
+    argv = _borg.prune_argv(
+        REPO, {"keep_within": "14d", "keep_daily": 7, "keep_weekly": 0}, match_archives="antigone-", dry_run=True
+    )
+    assert argv[:3] == ["borg", "--log-json", "prune"]
+    assert "--dry-run" in argv and "--list" in argv
+    assert argv[argv.index("--keep-within") + 1] == "14d"
+    assert argv[argv.index("--keep-daily") + 1] == "7"
+    assert "--keep-weekly" not in argv  # 0 means no rule
+    assert argv[argv.index("--glob-archives") + 1] == "antigone-*"
+    assert argv[-2:] == ["--", REPO]
+    assert "compact" not in argv
+
+
+def test_prune_argv_glob_kept_and_never_without_rule():
+    argv = _borg.prune_argv("/r", {"keep_last": 3}, match_archives="db-*-daily")
+    assert argv[argv.index("--glob-archives") + 1] == "db-*-daily"
+    with pytest.raises(_borg.BorgError):
+        _borg.prune_argv("/r", {"keep_daily": 0})
+
+
+def test_delete_extract_list_key_config_argv():
+    assert _borg.delete_argv("/r", "a 1")[-2:] == ["--", "/r::a 1"]
+    with pytest.raises(_borg.BorgError):
+        _borg.delete_argv("/r", "")
+    ext = _borg.extract_argv("/r", "a", ["srv/data"], strip_components=2, dry_run=True)
+    assert ext[ext.index("--strip-components") + 1] == "2" and "--dry-run" in ext
+    assert ext[-3:] == ["--", "/r::a", "srv/data"]
+    with pytest.raises(_borg.BorgError):
+        _borg.extract_argv("/r", "a", ["../etc"])
+    assert _borg.list_argv("/r")[-3:] == ["--json", "--", "/r"]
+    assert _borg.list_argv("/r", "a", ["srv"])[-4:] == ["--json-lines", "--", "/r::a", "srv"]
+    assert _borg.key_export_argv("/r", "/k")[-5:] == ["key", "export", "--", "/r", "/k"]
+    assert _borg.config_argv("/r", "append_only", 1)[-4:] == ["--", "/r", "append_only", "1"]
+    assert _borg.config_argv("/r", "storage_quota", delete=True)[-5:] == [
+        "config",
+        "--delete",
+        "--",
+        "/r",
+        "storage_quota",
+    ]
+
+
+def test_init_argv():
+    argv = _borg.init_argv("/r", "repokey-blake2", append_only=True, storage_quota="5G")
+    assert argv[argv.index("--encryption") + 1] == "repokey-blake2"
+    assert "--append-only" in argv
+    assert argv[argv.index("--storage-quota") + 1] == "5G"
+    assert "--storage-quota" not in _borg.init_argv("/r", storage_quota="0")
+    with pytest.raises(_borg.BorgError):
+        _borg.init_argv("/r", "rot13")
+    with pytest.raises(_borg.BorgError, match="at least 10M"):
+        _borg.init_argv("/r", storage_quota="9M")
+
+
+def test_summarize_traceback():
+    tb = (
+        'Traceback (most recent call last):\n  File "x.py", line 1, in main\n    rc = func(args)\n'
+        "ValueError: Invalid value: storage_quota < 10M\n\nPlatform: Linux\nsys.argv: ['borg']\n"
+    )
+    assert _borg.summarize_message(tb) == "ValueError: Invalid value: storage_quota < 10M"
+    assert _borg.summarize_message("plain") == "plain"
+
+
+# ------------------------------------------------------------------ validators
+
+
+@pytest.mark.parametrize("value", ["14d", "48H", "2w", "6m", "1y", "1d"])
+def test_keep_within_valid(value):
+    assert _borg.validate_retention({"keep_within": value}) == {"keep_within": value}
+
+
+@pytest.mark.parametrize("value", ["14", "14D", "0d", "d", "-1d", "14 days", "1.5d", "14dd", ""])
+def test_keep_within_malformed(value):
+    with pytest.raises(_borg.BorgError) as err:
+        _borg.validate_retention({"keep_within": value})
+    assert err.value.cause == "invalid_input"
+
+
+@pytest.mark.parametrize("retention", [{}, {"keep_daily": 0}, {"keep_daily": None, "keep_within": None}])
+def test_retention_needs_a_rule(retention):
+    with pytest.raises(_borg.BorgError, match="no retention rule"):
+        _borg.validate_retention(retention)
+
+
+@pytest.mark.parametrize("value", [-1, "7", True, 1.5])
+def test_retention_counts_must_be_whole_numbers(value):
+    with pytest.raises(_borg.BorgError):
+        _borg.validate_retention({"keep_daily": value})
+
+
+def test_parse_size():
+    assert _borg.parse_size("0") == 0
+    assert _borg.parse_size("500M") == 500_000_000
+    assert _borg.parse_size("1.5T") == 1_500_000_000_000
+    for bad in ("5GB", "lots", "-1G", ""):
+        with pytest.raises(_borg.BorgError):
+            _borg.parse_size(bad)
+
+
+@pytest.mark.parametrize("path", ["/etc/passwd", "../etc", "srv/../../etc", "srv/..", ""])
+def test_restore_paths_refused(path):
+    with pytest.raises(_borg.BorgError):
+        _borg.validate_restore_paths([path])
+
+
+def test_restore_paths_normalised():
+    assert _borg.validate_restore_paths(["srv/data/", "srv/./x"]) == ["srv/data", "srv/x"]
+
+
+def test_restore_dest(tmp_path):
+    for dangerous in ("/", "//", "/tmp/.."):
+        with pytest.raises(_borg.BorgError, match="root directory"):
+            _borg.check_restore_dest(dangerous)
+    link = tmp_path / "to-root"
+    link.symlink_to("/")
+    with pytest.raises(_borg.BorgError, match="root directory"):
+        _borg.check_restore_dest(str(link))
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    with pytest.raises(_borg.BorgError, match="not a directory"):
+        _borg.check_restore_dest(str(a_file))
+    assert _borg.check_restore_dest(str(tmp_path / "new")) == str(tmp_path / "new")
+
+
+def test_strip_path():
+    assert _borg.strip_path("srv/data/a", 0) == "srv/data/a"
+    assert _borg.strip_path("srv/data/a", 2) == "a"
+    assert _borg.strip_path("srv/data", 2) is None
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [("{hostname}-{now}", True), ("db-{now:%Y}", True), ("plain-2026-11-23", False), ("curly{", False)],
+)
+def test_placeholders(name, expected):
+    assert _borg.has_placeholder(name) is expected
+
+
+@pytest.mark.parametrize(
+    ("repo", "remote"),
+    [
+        ("ssh://u@h:22/srv/r", True),
+        ("u@h:repo", True),
+        ("h:/srv/r", True),
+        ("/srv/r", False),
+        ("./r", False),
+        ("file:///srv/r", False),
+        ("relative/dir", False),
+    ],
+)
+def test_is_remote(repo, remote):
+    assert _borg.is_remote(repo) is remote
+    assert (_borg.local_repo_path(repo) is None) is remote
+
+
+# ------------------------------------------------------------------ exit codes and the failure table
+
+
+@pytest.mark.parametrize(
+    ("rc", "status"),
+    [
+        (0, "ok"),
+        (1, "warning"),
+        (100, "warning"),
+        (107, "warning"),
+        (2, "error"),
+        (13, "error"),
+        (52, "error"),
+        (99, "error"),
+        (130, "error"),
+        (-9, "error"),
+    ],
+)
+def test_exit_status(rc, status):
+    assert _borg.exit_status(rc) == status
+
+
+@pytest.mark.parametrize(
+    ("rc", "msgid", "text", "cause"),
+    [
+        (52, "PassphraseWrong", "", "wrong_passphrase"),
+        (52, None, "", "wrong_passphrase"),  # modern rc without --log-json output
+        (2, "PassphraseWrong", "", "wrong_passphrase"),  # legacy rc (borg 1.2), msgid decides
+        (13, "Repository.DoesNotExist", "", "repository_missing"),
+        (31, "Archive.DoesNotExist", "", "archive_missing"),
+        (73, "LockTimeout", "", "lock_timeout"),
+        (
+            81,
+            "ConnectionClosedWithHint",
+            "Remote: ssh: connect to host 127.0.0.1 port 1: Connection refused",
+            "connection_closed",
+        ),
+        (80, "ConnectionClosed", "Remote: backup@h: Permission denied (publickey).", "permission_denied"),
+        (2, "PathNotAllowed", "", "path_not_allowed"),
+        (2, "InvalidRepository", "", "not_a_repository"),  # remote borg drops the class prefix
+        (19, "Repository.PathAlreadyExists", "", "not_a_repository"),
+        (62, "RepositoryAccessAborted", "", "access_refused"),
+        (64, "RepositoryReplay", "", "replay"),
+        (42, "KeyfileNotFoundError", "", "keyfile_missing"),
+        (2, None, "Traceback: PermissionError: [Errno 13] Permission denied: '/srv/borg/r/lock'", "permission_denied"),
+        (2, None, "something new", "error"),
+    ],
+)
+def test_failure_table(rc, msgid, text, cause):
+    logs = _borg.parse_log_lines("\n".join(filter(None, [log_line("boom", msgid=msgid), text])))
+    assert _borg.classify_failure(rc, logs, text).cause == cause
+
+
+def test_failure_table_messages_name_the_repository():
+    for failure in (*_borg.FAILURES, _borg.GENERIC_FAILURE):
+        assert "{repo}" in failure.message, failure.cause
+
+
+def test_every_msgid_is_in_one_row_only():
+    seen = {}
+    for failure in _borg.FAILURES:
+        for msgid in failure.msgids:
+            assert msgid not in seen, (msgid, seen.get(msgid), failure.cause)
+            seen[msgid] = failure.cause
+
+
+# ------------------------------------------------------------------ BorgRepo.run
+
+
+def test_run_puts_the_secret_in_env_never_in_argv():
+    runner = FakeRunner(
+        result(0, json.dumps({"repository": {"id": "ab"}, "encryption": {"mode": "repokey"}, "archives": []}))
+    )
+    info = _borg.repo_info(conn(runner, lock_wait=7, host_id="h1"))
+    call = runner.calls[0]
+    assert call["env"]["BORG_PASSPHRASE"] == SECRET
+    assert call["env"]["BORG_HOST_ID"] == "h1"
+    assert call["secrets"] == (SECRET,)
+    assert not any(SECRET in arg for arg in call["argv"])
+    assert call["argv"] == ["borg", "--log-json", "--lock-wait", "7", "list", "--json", "--", REPO]
+    assert info["repo_id"] == "ab" and info["encryption"] == "repokey"
+
+
+def test_every_operation_keeps_the_secret_out_of_argv(tmp_path):
+    runner = FakeRunner()
+    c = conn(runner)
+    archive_json = json.dumps({"archive": {"name": "a", "id": "1", "start": "t", "stats": {}}})
+    runner.answers = [result(0, archive_json)]
+    _borg.create_archive(c, "a", [str(tmp_path)], files_cache="mtime,size")
+    _borg.prune(c, {"keep_daily": 1}, archives=[])
+    _borg.delete_archive(c, "a")
+    _borg.extract(c, "a", str(tmp_path), ["srv"], 1)
+    _borg.export_key(c, str(tmp_path / "k"))
+    _borg.set_repo_config(c, "append_only", 1)
+    _borg.init_repository(c, "keyfile-blake2")
+    _borg.archive_items(c, "a")
+    assert len(runner.calls) == 8
+    for call in runner.calls:
+        assert not any(SECRET in arg for arg in call["argv"]), call["argv"]
+        assert call["env"]["BORG_PASSPHRASE"] == SECRET
+    assert runner.calls[3]["cwd"] == str(tmp_path)  # extract runs in dest
+
+
+def test_secret_in_argv_refused_with_redacted_message():
+    c = _borg.BorgRepo("/srv/borg/hunter2-repo", passphrase="hunter2", runner=FakeRunner())  # noqa: S106
+    with pytest.raises(_borg.BorgError) as err:
+        _borg.list_archives(c)
+    assert err.value.cause == "secret_in_argv"
+    assert "hunter2" not in str(err.value)
+
+
+def test_other_value_errors_are_not_called_secrets():
+    with pytest.raises(_borg.BorgError) as err:
+        _borg.list_archives(conn(FakeRunner(Raise(ValueError("embedded null byte")))))
+    assert err.value.cause == "invalid_input" and "embedded null byte" in err.value.message
+
+
+def test_error_is_redacted_and_names_repo():
+    runner = FakeRunner(
+        result(52, stderr_lines=[log_line(f"passphrase {SECRET} is incorrect", msgid="PassphraseWrong")])
+    )
+    with pytest.raises(_borg.BorgError) as err:
+        _borg.list_archives(conn(runner))
+    exc = err.value
+    assert exc.cause == "wrong_passphrase"
+    assert exc.rc == 52 and exc.msgid == "PassphraseWrong"
+    assert REPO in exc.message
+    assert SECRET not in exc.message
+    assert all(SECRET not in d for d in exc.details)
+    assert SECRET not in json.dumps(exc.as_dict())
+
+
+def test_archive_named_in_archive_failures():
+    runner = FakeRunner(result(31, stderr_lines=[log_line("Archive x does not exist", msgid="Archive.DoesNotExist")]))
+    with pytest.raises(_borg.BorgError) as err:
+        _borg.archive_items(conn(runner), "x")
+    assert "archive x does not exist in repository" in err.value.message
+
+
+def test_warning_rc_surfaces_in_warnings():
+    runner = FakeRunner(
+        result(
+            1,
+            json.dumps({"archive": {"name": "a"}}),
+            [log_line("/srv/x: file changed while we backed it up", "WARNING", "FileChangedWarning")],
+        )
+    )
+    created = _borg.create_archive(conn(runner), "a", ["/srv"])
+    assert created["warnings"] == [f"borg warning on repository {REPO}: /srv/x: file changed while we backed it up"]
+    runner = FakeRunner(result(107, json.dumps({"archive": {"name": "a"}}), []))
+    assert _borg.create_archive(conn(runner), "a", ["/srv"])["warnings"] == [
+        f"borg warning on repository {REPO}: borg exited 107"
+    ]
+
+
+def test_ok_run_has_no_warnings_even_with_borg_warning_lines():
+    runner = FakeRunner(result(0, "", [log_line("IMPORTANT: you will need both KEY AND PASSPHRASE", "WARNING")]))
+    assert _borg.init_repository(conn(runner)) == []
+
+
+def test_timeout_and_missing_borg():
+    with pytest.raises(_borg.BorgError) as err:
+        _borg.list_archives(conn(FakeRunner(result(-1, timed_out=True)), timeout=5))
+    assert err.value.cause == "timeout"
+    with pytest.raises(_borg.BorgError) as err:
+        _borg.list_archives(conn(FakeRunner(Raise(CommandNotFound("borg")))))
+    assert err.value.cause == "borg_missing"
+
+
+def test_from_params():
+    params = {
+        "repo": "/r",
+        "passphrase": None,
+        "passcommand": "cat /p",
+        "rsh": None,
+        "remote_path": None,
+        "lock_wait": 3,
+        "host_id": None,
+        "keys_dir": "/k",
+        "base_dir": None,
+    }
+    c = _borg.BorgRepo.from_params(params, borg="/usr/bin/borg")
+    assert c.secrets == ()
+    assert c.env()["BORG_PASSCOMMAND"] == "cat /p"
+    assert c.argv_kwargs() == {"borg": "/usr/bin/borg", "lock_wait": 3}
+    assert SECRET not in repr(_borg.BorgRepo("/r", passphrase=SECRET))
+
+
+# ------------------------------------------------------------------ parsers
+
+
+def test_parse_log_lines_mixes_json_and_text():
+    logs = _borg.parse_log_lines(
+        "Remote: ssh: connect refused\n" + log_line("x", msgid="ConnectionClosed") + "\n{bad\n"
+    )
+    assert logs[0] == {"type": "text", "message": "Remote: ssh: connect refused"}
+    assert logs[1]["msgid"] == "ConnectionClosed"
+    assert logs[2]["type"] == "text"
+
+
+def test_parse_prune_list_by_id_even_with_spaces_in_names():
+    ids = ["a" * 64, "b" * 64, "c" * 64]
+    archives = [
+        {"name": "db dump 1", "time": "t1", "id": ids[0]},
+        {"name": "db dump 2", "time": "t2", "id": ids[1]},
+        {"name": "db.checkpoint", "time": "t3", "id": ids[2]},
+    ]
+    lines = [
+        log_line(
+            f"Keeping archive (rule: daily #1):            db dump 2       Thu, 2026-11-12 [{ids[1]}]",
+            "INFO",
+            name="borg.output.list",
+        ),
+        log_line(
+            f"Would prune:                                 db dump 1       Wed, 2026-11-11 [{ids[0]}]",
+            "INFO",
+            name="borg.output.list",
+        ),
+        log_line(
+            f"Keeping checkpoint archive:                  db.checkpoint   Wed, 2026-11-11 [{ids[2]}]",
+            "INFO",
+            name="borg.output.list",
+        ),
+        log_line("unrelated", "INFO"),
+    ]
+    plan = _borg.parse_prune_list(_borg.parse_log_lines("\n".join(lines)), archives)
+    assert [a["name"] for a in plan["pruned"]] == ["db dump 1"]
+    assert [(a["name"], a["rule"]) for a in plan["kept"]] == [
+        ("db dump 2", "daily #1"),
+        ("db.checkpoint", "checkpoint"),
+    ]
+    real = log_line(
+        f"Pruning archive (1/1):                       db dump 1  Wed [{ids[0]}]", "INFO", name="borg.output.list"
+    )
+    assert _borg.parse_prune_list(_borg.parse_log_lines(real), archives)["pruned"][0]["id"] == ids[0]
+
+
+def test_parse_prune_list_unknown_id_is_an_error():
+    line = log_line(f"Would prune:   x  Wed [{'d' * 64}]", "INFO", name="borg.output.list")
+    with pytest.raises(_borg.BorgError):
+        _borg.parse_prune_list(_borg.parse_log_lines(line), [{"name": "y", "id": "e" * 64}])
+
+
+def test_parse_json_output_errors():
+    with pytest.raises(_borg.BorgError):
+        _borg.parse_json_output("not json")
+    with pytest.raises(_borg.BorgError):
+        _borg.parse_json_lines('{"a": 1}\nnope')
+    assert _borg.parse_json_lines('{"a": 1}\n\n{"b": 2}\n') == [{"a": 1}, {"b": 2}]
+
+
+# ------------------------------------------------------------------ local repository config, restore planning
+
+
+def test_read_local_repo_config(tmp_path):
+    (tmp_path / "config").write_text("[repository]\nversion = 1\nappend_only = 1\nstorage_quota = 5000\n")
+    assert _borg.read_local_repo_config(str(tmp_path))["storage_quota"] == "5000"
+    assert _borg.repo_append_only(_borg.BorgRepo(str(tmp_path))) is True
+    assert _borg.repo_append_only(_borg.BorgRepo("ssh://u@h/r")) is None
+    assert _borg.read_local_repo_config(str(tmp_path / "missing")) is None
+    (tmp_path / "config").write_text("not ini at all")
+    assert _borg.read_local_repo_config(str(tmp_path)) is None
+
+
+def _iso(ts):
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(ts)) + ".000000"
+
+
+def test_restore_plan_totals_and_differences(tmp_path):
+    mtime = 1_790_000_000
+    items = [
+        {"path": "srv", "type": "d"},
+        {"path": "srv/data", "type": "d"},
+        {"path": "srv/data/a", "type": "-", "size": 3, "mtime": _iso(mtime)},
+        {"path": "srv/data/l", "type": "l", "linktarget": "a", "size": 0},
+    ]
+    plan = _borg.restore_plan(items, strip_components=1)
+    assert [i["target"] for i in plan] == ["data", "data/a", "data/l"]
+    assert _borg.restore_totals(plan) == {"files": 2, "bytes": 3, "entries": 3}
+    assert _borg.restore_differences(plan, str(tmp_path)) == ["data", "data/a", "data/l"]
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "a").write_text("abc")
+    os.utime(tmp_path / "data" / "a", (mtime, mtime))
+    (tmp_path / "data" / "l").symlink_to("a")
+    assert _borg.restore_differences(plan, str(tmp_path)) == []
+    os.utime(tmp_path / "data" / "a", (mtime, mtime + 60))
+    assert _borg.restore_differences(plan, str(tmp_path)) == ["data/a"]
