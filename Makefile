@@ -136,9 +136,10 @@ demo-down:
 build: deps
 	@rm -rf $(BUILD)/dist $(BUILD)/installed && mkdir -p $(BUILD)/dist
 	cd $(ROOT) && $(BIN)/ansible-galaxy collection build --force --output-path $(BUILD)/dist
-	$(BIN)/ansible-galaxy collection install --offline -p $(BUILD)/installed $(BUILD)/dist/grus-backup-*.tar.gz
-	for m in borg_repo borg_archive nfs_sync; do \
-	  ANSIBLE_COLLECTIONS_PATH=$(BUILD)/installed $(BIN)/ansible-doc grus.backup.$$m >/dev/null; done
+	$(BIN)/ansible-galaxy collection install --offline --force -p $(BUILD)/installed $(BUILD)/dist/grus-backup-*.tar.gz
+	test -f $(BUILD)/installed/ansible_collections/grus/backup/MANIFEST.json
+	cd /tmp && for m in borg_repo borg_archive nfs_sync; do \
+	  env -u ANSIBLE_CONFIG ANSIBLE_COLLECTIONS_PATH=$(BUILD)/installed $(BIN)/ansible-doc grus.backup.$$m >/dev/null; done
 	@echo "build: $$(ls $(BUILD)/dist) installs and its modules render with ansible-doc"
 
 changelog: deps
