@@ -1,7 +1,7 @@
 # grus.backup — every entry point installs what it needs first (see README.md).
 #
 #   make demo          three local containers, deploy, sync + backup, restore check, tear down
-#   make test          every gate: lint, sanity, unit, integration, molecule
+#   make test          every gate: lint, sanity, build, unit, integration, molecule
 #   make lint | sanity | unit | integration | molecule | build | bench | clean
 #   make molecule SCENARIO=full      one Molecule scenario
 #   make unit PYTEST_ARGS='-k prune' one selection of tests
@@ -63,7 +63,7 @@ link:
 
 ## ---- gates -------------------------------------------------------------------------
 
-GATES := lint sanity unit integration molecule
+GATES := lint sanity build unit integration molecule
 
 # Every gate runs even when an earlier one failed, so one CI run shows all that is wrong.
 test: deps
