@@ -1,0 +1,392 @@
+# Copyright: (c) 2026, grus.backup developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The key holder's scheduled backup run: guards, one archive, guarded prune.
+
+Private to grus.backup and pure standard library. The ``key_holder`` role ships
+this file with ``_runner.py`` and ``_borg.py`` as a plain package beside the
+systemd job, which runs:
+
+    python3 -m <package>._backup_job --config /etc/grus-backup/backup.json
+
+The configuration is a JSON object (see :class:`JobConfig`); it holds no secret:
+the passphrase reaches borg through ``passcommand`` (a root-only file).
+
+How a run goes, and why:
+
+1. Guards. Every declared source exists, is a directory, is not empty (an
+   unmounted disk shows an empty mount point), and is a mount point where one is
+   declared. A failed guard stops the run before borg starts (exit 2).
+2. Freshness. Each sync client's marker (written by the sync after a successful
+   run) is read; a missing or stale marker is a WARNING: the data there is still
+   backed up (old data is better than none) but the run exits 1 so the alert fires.
+3. Clock sanity. The newest archive of this job must not lie in the future: a
+   clock that jumped backwards would make the prune's ``--keep-within`` window
+   slide and the archive names collide. Refused before anything is written.
+4. ONE ``borg create`` of every path (the export), with one exclude list (the
+   connection-logs volume). ``--files-cache ctime,size``: NFS inode numbers are
+   not stable, and without this borg would re-read every file every run.
+5. Prune, only after a successful create (rc 0 or 1): a dry run first; if it
+   would delete more archives than ``max_deletions`` (a clock jump forwards, a
+   typo in the retention) nothing is pruned and the run fails. Space is never
+   reclaimed here (no compact: the repository host does that, late).
+
+Exit status: 0 ok, 1 done with warnings, 2 error or refusal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+from dataclasses import dataclass, field, fields
+from datetime import datetime, timedelta, timezone
+
+from ._borg import (
+    DEFAULT_LOCK_WAIT,
+    BorgError,
+    BorgRepo,
+    create_archive,
+    list_archives,
+    prune,
+    validate_retention,
+)
+
+EXIT_OK = 0
+EXIT_WARNING = 1
+EXIT_ERROR = 2
+
+DEFAULT_RETENTION = {"keep_within": "14d"}
+DEFAULT_MAX_DELETIONS = 12
+DEFAULT_FILES_CACHE = "ctime,size"
+DEFAULT_CLOCK_TOLERANCE = 300
+DEFAULT_MARKER_MAX_AGE = 270  # 4 h between syncs, and a margin
+ARCHIVE_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S"
+
+
+class JobError(Exception):
+    """The run was refused or failed; ``message`` is safe to log (no secret)."""
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
+@dataclass
+class JobConfig:
+    """One backup job. Field names follow the borg modules' options where they overlap."""
+
+    repo: str
+    paths: list
+    passcommand: str | None = None
+    rsh: str | None = None
+    remote_path: str | None = None
+    lock_wait: int = DEFAULT_LOCK_WAIT
+    host_id: str | None = None
+    keys_dir: str | None = None
+    base_dir: str | None = None
+    archive_prefix: str = "grus-"
+    exclude: list = field(default_factory=list)
+    sources: list = field(default_factory=list)
+    markers: list = field(default_factory=list)
+    marker_max_age_minutes: int = DEFAULT_MARKER_MAX_AGE
+    compression: str = "lz4"
+    files_cache: str = DEFAULT_FILES_CACHE
+    one_file_system: bool = False
+    retention: dict = field(default_factory=lambda: dict(DEFAULT_RETENTION))
+    max_deletions: int = DEFAULT_MAX_DELETIONS
+    prune: bool = True
+    clock_tolerance: int = DEFAULT_CLOCK_TOLERANCE
+    borg: str = "borg"
+
+    @classmethod
+    def from_dict(cls, data: dict) -> JobConfig:
+        if not isinstance(data, dict):
+            raise JobError("usage", "the configuration must be a JSON object")
+        if "passphrase" in data:
+            raise JobError("usage", "never put the passphrase in the configuration; use passcommand")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise JobError("usage", f"unknown configuration key(s): {', '.join(unknown)}")
+        for required in ("repo", "paths"):
+            if not data.get(required):
+                raise JobError("usage", f"the configuration key {required!r} is required")
+        config = cls(**{k: v for k, v in data.items() if v is not None})
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        self.paths = [str(p) for p in self.paths]
+        self.exclude = [str(p) for p in self.exclude or []]
+        self.max_deletions = int(self.max_deletions)
+        if self.max_deletions < 0:
+            raise JobError("usage", "max_deletions must be 0 or more")
+        if not self.archive_prefix or "/" in self.archive_prefix or "{" in self.archive_prefix:
+            raise JobError("usage", f"invalid archive_prefix {self.archive_prefix!r}")
+        try:
+            self.retention = validate_retention(self.retention)
+        except BorgError as exc:
+            raise JobError("usage", exc.message) from exc
+        normalised = []
+        for given in self.sources:
+            source = {"path": given} if isinstance(given, str) else dict(given)
+            if not source.get("path"):
+                raise JobError("usage", f"a source needs a path: {source!r}")
+            normalised.append(
+                {
+                    "path": str(source["path"]),
+                    "mountpoint": bool(source.get("mountpoint", False)),
+                    "allow_empty": bool(source.get("allow_empty", False)),
+                }
+            )
+        self.sources = normalised
+        markers = []
+        for given in self.markers:
+            marker = {"path": given} if isinstance(given, str) else dict(given)
+            marker.setdefault("max_age_minutes", self.marker_max_age_minutes)
+            if not marker.get("path") or not marker.get("max_age_minutes"):
+                raise JobError("usage", f"a marker needs a path and max_age_minutes > 0: {given!r}")
+            markers.append({"path": str(marker["path"]), "max_age_minutes": int(marker["max_age_minutes"])})
+        self.markers = markers
+
+    def connection(self, runner=None) -> BorgRepo:
+        return BorgRepo(
+            repo=self.repo,
+            passcommand=self.passcommand,
+            rsh=self.rsh,
+            remote_path=self.remote_path,
+            lock_wait=self.lock_wait,
+            host_id=self.host_id,
+            keys_dir=self.keys_dir,
+            base_dir=self.base_dir,
+            borg=self.borg,
+            runner=runner,
+        )
+
+
+@dataclass
+class JobReport:
+    archive: dict | None = None
+    pruned: list = field(default_factory=list)
+    kept: list = field(default_factory=list)
+    warnings: list = field(default_factory=list)
+    errors: list = field(default_factory=list)
+    markers: list = field(default_factory=list)
+    marker_max_age_minutes: int = DEFAULT_MARKER_MAX_AGE
+
+    @property
+    def exit_status(self) -> int:
+        if self.errors:
+            return EXIT_ERROR
+        return EXIT_WARNING if self.warnings else EXIT_OK
+
+    def to_dict(self) -> dict:
+        return {
+            "archive": self.archive,
+            "pruned": self.pruned,
+            "kept": self.kept,
+            "warnings": self.warnings,
+            "errors": self.errors,
+            "markers": self.markers,
+            "exit_status": self.exit_status,
+        }
+
+
+# ---- pure helpers -------------------------------------------------------------------------
+
+
+def archive_name(prefix: str, moment: datetime) -> str:
+    """``<prefix><UTC time>``: sortable, and unique per second (the job runs once at a time)."""
+    return prefix + moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")  # noqa: UP017
+
+
+def parse_archive_time(text: str | None) -> datetime | None:
+    """Borg's archive time (local time, naive ISO, optional microseconds) as an aware datetime."""
+    if not text:
+        return None
+    for fmt in ("%Y-%m-%dT%H:%M:%S.%f", ARCHIVE_TIME_FORMAT):
+        try:
+            return datetime.strptime(text, fmt).astimezone()
+        except ValueError:
+            continue
+    return None
+
+
+def check_clock(archives, now: datetime, tolerance_seconds: int) -> None:
+    """Refuse when the newest archive lies in the future: this host's clock went backwards."""
+    times = [t for t in (parse_archive_time(a.get("time")) for a in archives) if t is not None]
+    if not times:
+        return
+    newest = max(times)
+    if newest > now + timedelta(seconds=tolerance_seconds):
+        raise JobError(
+            "clock",
+            f"refusing to back up and prune: the newest archive ({newest.isoformat()}) is later than this "
+            f"host's clock ({now.isoformat()}); fix the clock (NTP) first",
+        )
+
+
+def check_sources(sources, is_mount=os.path.ismount) -> None:
+    """Every source exists, is a directory, is a mount point where declared, and is not empty."""
+    problems = []
+    for source in sources:
+        path = source["path"]
+        if not os.path.exists(path):
+            problems.append(f"{path} does not exist")
+        elif not os.path.isdir(path):
+            problems.append(f"{path} is not a directory")
+        elif source.get("mountpoint") and not is_mount(path):
+            problems.append(f"{path} is not mounted (declared a mount point)")
+        elif not source.get("allow_empty") and not any(True for _ in os.scandir(path)):
+            problems.append(f"{path} is empty (unmounted disk?)")
+    if problems:
+        raise JobError("guard", "refusing to back up: " + "; ".join(problems))
+
+
+def check_marker(marker: dict, now: datetime) -> tuple:
+    """``(report, warning or None)`` for one sync freshness marker."""
+    path = marker["path"]
+    report = {"path": path, "time": None, "age_minutes": None, "stale": True}
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except FileNotFoundError:
+        return report, f"sync marker {path} is missing: that client never synced; its data may be absent"
+    except (OSError, ValueError) as exc:
+        return report, f"sync marker {path} is unreadable ({exc}); backing up what is there"
+    when = None
+    text = data.get("time") if isinstance(data, dict) else None
+    if isinstance(text, str):
+        try:
+            when = datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)  # noqa: UP017
+        except ValueError:
+            when = None
+    if when is None:
+        return report, f"sync marker {path} has no valid time; backing up what is there"
+    age = (now - when).total_seconds() / 60
+    report.update(time=text, age_minutes=round(age, 1), stale=age > marker["max_age_minutes"])
+    if report["stale"]:
+        return report, (
+            f"sync marker {path} is stale: last sync {text}, {age:.0f} min ago "
+            f"(limit {marker['max_age_minutes']} min); backing up the old copy"
+        )
+    return report, None
+
+
+# ---- the run --------------------------------------------------------------------------------
+
+
+def run_job(config: JobConfig, *, now=None, timestamp=None, runner=None, do_prune=None) -> JobReport:
+    """One backup run. Returns a report; refusals and failures are in ``report.errors``."""
+    report = JobReport()
+    now = now or datetime.now(timezone.utc)  # noqa: UP017
+    conn = config.connection(runner=runner)
+    try:
+        check_sources(config.sources)
+        for marker in config.markers:
+            marker_report, warning = check_marker(marker, now)
+            report.markers.append(marker_report)
+            if warning:
+                report.warnings.append(warning)
+        archives = list_archives(conn, match_archives=config.archive_prefix)
+        check_clock(archives, now, config.clock_tolerance)
+        moment = now
+        borg_timestamp = None
+        if timestamp:
+            moment = datetime.strptime(timestamp, ARCHIVE_TIME_FORMAT).replace(tzinfo=timezone.utc)  # noqa: UP017
+            borg_timestamp = timestamp
+        name = archive_name(config.archive_prefix, moment)
+        created = create_archive(
+            conn,
+            name,
+            config.paths,
+            exclude=config.exclude,
+            compression=config.compression,
+            files_cache=config.files_cache,
+            one_file_system=config.one_file_system,
+            timestamp=borg_timestamp,
+            comment=f"grus.backup scheduled run on {socket.gethostname()}",
+        )
+        report.archive = created["archive"]
+        report.warnings.extend(created["warnings"])
+        if config.prune if do_prune is None else do_prune:
+            prune_guarded(conn, config, report)
+    except JobError as exc:
+        report.errors.append(f"{exc.kind}: {exc.message}")
+    except BorgError as exc:
+        report.errors.append(f"borg ({exc.cause}): {exc.message}")
+    return report
+
+
+def prune_guarded(conn: BorgRepo, config: JobConfig, report: JobReport) -> None:
+    """Dry run, count, then the real prune; never more than ``max_deletions`` archives."""
+    archives = list_archives(conn, match_archives=config.archive_prefix)
+    plan = prune(conn, config.retention, match_archives=config.archive_prefix, dry_run=True, archives=archives)
+    if len(plan["pruned"]) > config.max_deletions:
+        names = ", ".join(str(a["name"]) for a in plan["pruned"][:10])
+        raise JobError(
+            "max_deletions",
+            f"refusing to prune: the retention would delete {len(plan['pruned'])} archives, more than "
+            f"max_deletions={config.max_deletions} ({names}...); nothing was pruned. A clock that jumped "
+            "forward or a changed retention? Prune by hand with the borg_archive module once checked",
+        )
+    if not plan["pruned"]:
+        report.kept = [a["name"] for a in plan["kept"]]
+        return
+    done = prune(conn, config.retention, match_archives=config.archive_prefix, archives=archives)
+    report.pruned = [a["name"] for a in done["pruned"]]
+    report.kept = [a["name"] for a in done["kept"]]
+    report.warnings.extend(done["warnings"])
+
+
+# ---- entry point ----------------------------------------------------------------------------
+
+
+def _say(text: str, stream=None) -> None:
+    stream = sys.stdout if stream is None else stream
+    stream.write(text + "\n")
+    stream.flush()
+
+
+def main(argv=None, runner=None) -> int:
+    parser = argparse.ArgumentParser(prog="grus-backup-run", description="guarded borg backup run (grus.backup)")
+    parser.add_argument("--config", required=True, help="JSON file with the job configuration")
+    parser.add_argument("--timestamp", help="archive time (UTC, YYYY-MM-DDTHH:MM:SS), for tests and drills")
+    parser.add_argument("--no-prune", action="store_true", help="create the archive, prune nothing")
+    parser.add_argument("--max-deletions", type=int, help="override the configured max_deletions")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    args = parser.parse_args(argv)
+    try:
+        with open(args.config, encoding="utf-8") as handle:
+            data = json.load(handle)
+        config = JobConfig.from_dict(data)
+        if args.max_deletions is not None:
+            config.max_deletions = args.max_deletions
+        if args.timestamp:
+            datetime.strptime(args.timestamp, ARCHIVE_TIME_FORMAT)
+    except JobError as exc:
+        _say(f"grus-backup: FAILED ({exc.kind}): {exc.message}", sys.stderr)
+        return EXIT_ERROR
+    except (OSError, ValueError, TypeError) as exc:
+        _say(f"grus-backup: FAILED: bad configuration or arguments: {exc}", sys.stderr)
+        return EXIT_ERROR
+    report = run_job(config, timestamp=args.timestamp, runner=runner, do_prune=False if args.no_prune else None)
+    if args.json:
+        _say(json.dumps(report.to_dict()))
+    else:
+        archive = report.archive or {}
+        if archive:
+            _say(f"grus-backup: archive {archive.get('name')} created in {config.repo}")
+        _say(f"grus-backup: pruned {len(report.pruned)} archive(s): {', '.join(report.pruned) or 'none'}")
+    for warning in report.warnings:
+        _say(f"grus-backup: WARNING: {warning}", sys.stderr)
+    for error in report.errors:
+        _say(f"grus-backup: FAILED: {error}", sys.stderr)
+    return report.exit_status
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

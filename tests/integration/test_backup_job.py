@@ -1,0 +1,149 @@
+"""The key holder's backup run against a real borg repository (append-only, keyfile, passcommand)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+JOB_MODULE = "ansible_collections.grus.backup.plugins.module_utils._backup_job"
+PASSPHRASE = "integration-passphrase-not-secret-0042"  # noqa: S105 - a throw-away test value
+
+
+def borg(env, *args, check=True):
+    return subprocess.run(["borg", *args], env=env, capture_output=True, text=True, check=check)
+
+
+@pytest.fixture
+def job(tmp_path):
+    """An export with two hosts' volumes and a logs volume, an append-only repository, a config."""
+    export = tmp_path / "export"
+    for rel, content in [
+        ("antigone/data/a.txt", "alpha"),
+        ("balearica/app/b.bin", "beta" * 1000),
+        ("balearica/connection-logs/huge.log", "log line\n" * 100),
+        ("antigone/connection-logs/x.log", "log"),
+    ]:
+        path = export / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(content)
+    secret = tmp_path / "passphrase"
+    secret.write_text(PASSPHRASE)
+    secret.chmod(0o600)
+    env = dict(os.environ)
+    env.update(
+        BORG_PASSCOMMAND=f"cat {secret}",
+        BORG_BASE_DIR=str(tmp_path / "borgbase"),
+        BORG_KEYS_DIR=str(tmp_path / "keys"),
+    )
+    env.pop("BORG_PASSPHRASE", None)
+    repo = tmp_path / "repo"
+    borg(env, "init", "--encryption", "keyfile-blake2", "--append-only", str(repo))
+    cfg = {
+        "repo": str(repo),
+        "paths": [str(export)],
+        "passcommand": f"cat {secret}",
+        "base_dir": str(tmp_path / "borgbase"),
+        "keys_dir": str(tmp_path / "keys"),
+        "host_id": "integration-key-holder",
+        "lock_wait": 5,
+        "exclude": [f"sh:{export}/*/connection-logs"],
+        "sources": [{"path": str(export / "antigone" / "data")}, {"path": str(export / "balearica")}],
+        "markers": [{"path": str(export / "balearica" / ".grus-sync.json"), "max_age_minutes": 60}],
+        "max_deletions": 3,
+    }
+    config_path = tmp_path / "backup.json"
+    config_path.write_text(json.dumps(cfg))
+
+    def run(*extra):
+        env_run = {k: v for k, v in os.environ.items() if not k.startswith("BORG_")}
+        env_run["PYTHONPATH"] = str(REPO_ROOT / ".build" / "collections")
+        return subprocess.run(
+            [sys.executable, "-m", JOB_MODULE, "--config", str(config_path), "--json", *extra],
+            env=env_run,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=300,
+        )
+
+    return {"run": run, "env": env, "repo": str(repo), "export": export, "cfg": cfg, "path": config_path}
+
+
+def archives(job):
+    out = borg(job["env"], "list", "--json", job["repo"]).stdout
+    return [a["name"] for a in json.loads(out)["archives"]]
+
+
+def test_one_archive_without_logs_and_marker_warning(job):
+    proc = job["run"]()
+    report = json.loads(proc.stdout)
+    # no marker yet: a warning (exit 1), but the archive is made
+    assert proc.returncode == 1, proc.stderr
+    assert "marker" in report["warnings"][0]
+    assert archives(job) == [report["archive"]["name"]]
+    listing = borg(job["env"], "list", "--short", f"{job['repo']}::{report['archive']['name']}").stdout
+    paths = listing.split()
+    export = str(job["export"]).lstrip("/")
+    assert f"{export}/antigone/data/a.txt" in paths
+    assert f"{export}/balearica/app/b.bin" in paths
+    assert not [p for p in paths if "connection-logs" in p]
+    assert PASSPHRASE not in proc.stdout + proc.stderr
+
+
+def test_fresh_marker_is_ok(job):
+    marker = job["export"] / "balearica" / ".grus-sync.json"
+    marker.write_text(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}))
+    proc = job["run"]()
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_retention_prunes_old_keeps_recent_and_guard_refuses(job):
+    for day in ("2020-01-01", "2020-01-02", "2020-01-03", "2020-01-04"):
+        assert job["run"]("--timestamp", f"{day}T00:00:00", "--no-prune").returncode in (0, 1)
+    assert len(archives(job)) == 4
+    # four archives older than 14 days, max_deletions 3: refused, nothing pruned, but the archive is made
+    proc = job["run"]()
+    report = json.loads(proc.stdout)
+    assert proc.returncode == 2 and "max_deletions" in report["errors"][0]
+    assert len(archives(job)) == 5
+    proc = job["run"]("--max-deletions", "4")
+    report = json.loads(proc.stdout)
+    assert proc.returncode == 1, proc.stderr  # marker warning only
+    assert sorted(report["pruned"]) == [f"grus-2020-01-0{d}T00:00:00Z" for d in (1, 2, 3, 4)]
+    left = archives(job)
+    assert len(left) == 2 and not [n for n in left if n.startswith("grus-2020")]
+
+
+def test_clock_in_the_past_refuses(job):
+    assert job["run"]("--timestamp", "2099-01-01T00:00:00", "--no-prune").returncode in (0, 1)
+    proc = job["run"]()
+    assert proc.returncode == 2
+    assert "clock" in json.loads(proc.stdout)["errors"][0]
+    assert len(archives(job)) == 1
+
+
+def test_guard_stops_before_borg(job):
+    for child in (job["export"] / "antigone" / "data").iterdir():
+        child.unlink()
+    proc = job["run"]()
+    assert proc.returncode == 2
+    assert "empty" in json.loads(proc.stdout)["errors"][0]
+    assert archives(job) == []
+
+
+def test_wrong_passcommand_is_an_error_without_secret(job, tmp_path):
+    wrong = tmp_path / "wrong"
+    wrong.write_text("not-the-passphrase")
+    cfg = dict(job["cfg"], passcommand=f"cat {wrong}")
+    job["path"].write_text(json.dumps(cfg))
+    proc = job["run"]()
+    assert proc.returncode == 2
+    assert "passphrase" in json.loads(proc.stdout)["errors"][0]
+    assert PASSPHRASE not in proc.stdout + proc.stderr

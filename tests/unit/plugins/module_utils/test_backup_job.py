@@ -1,0 +1,229 @@
+"""Unit tests for the key holder's backup run: guards, markers, clock, prune guard, exit status."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from ansible_collections.grus.backup.plugins.module_utils import _backup_job
+from ansible_collections.grus.backup.plugins.module_utils._backup_job import (
+    EXIT_ERROR,
+    EXIT_OK,
+    EXIT_WARNING,
+    JobConfig,
+    JobError,
+    JobReport,
+    archive_name,
+    check_clock,
+    check_marker,
+    check_sources,
+    parse_archive_time,
+    prune_guarded,
+    run_job,
+)
+
+NOW = datetime(2026, 11, 23, 12, 0, 0, tzinfo=timezone.utc)  # noqa: UP017
+
+
+def config(**extra):
+    data = {"repo": "/srv/repo", "paths": ["/srv/export"], "passcommand": "cat /etc/pw"}
+    data.update(extra)
+    return JobConfig.from_dict(data)
+
+
+def test_config_defaults_are_the_policy():
+    cfg = config()
+    assert cfg.retention == {"keep_within": "14d"}
+    assert cfg.files_cache == "ctime,size"
+    assert cfg.max_deletions == 12
+    assert config(markers=["/m"]).markers == [{"path": "/m", "max_age_minutes": 270}]
+
+
+@pytest.mark.parametrize(
+    "data, fragment",
+    [
+        ({"repo": "/r", "paths": ["/x"], "passphrase": "secret"}, "never put the passphrase"),
+        ({"repo": "/r"}, "'paths' is required"),
+        ({"repo": "/r", "paths": ["/x"], "bogus": 1}, "unknown configuration key"),
+        ({"repo": "/r", "paths": ["/x"], "retention": {"keep_within": "14 days"}}, "keep_within"),
+        ({"repo": "/r", "paths": ["/x"], "max_deletions": -1}, "max_deletions"),
+        ({"repo": "/r", "paths": ["/x"], "markers": [{"path": ""}]}, "needs a path"),
+        ({"repo": "/r", "paths": ["/x"], "markers": ["/m"], "marker_max_age_minutes": 0}, "max_age_minutes > 0"),
+    ],
+)
+def test_config_refuses_nonsense(data, fragment):
+    with pytest.raises(JobError) as info:
+        JobConfig.from_dict(data)
+    assert fragment in info.value.message
+
+
+def test_archive_name_is_utc_and_sortable():
+    local = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone(timedelta(hours=2)))
+    assert archive_name("grus-", local) == "grus-2026-01-02T01:04:05Z"
+
+
+def test_parse_archive_time_accepts_both_borg_formats():
+    assert parse_archive_time("2026-11-23T12:00:00.123456") is not None
+    assert parse_archive_time("2026-11-23T12:00:00") is not None
+    assert parse_archive_time("garbage") is None
+    assert parse_archive_time(None) is None
+
+
+def test_clock_check_refuses_archive_in_the_future():
+    future = (NOW + timedelta(hours=2)).astimezone().strftime("%Y-%m-%dT%H:%M:%S.%f")
+    with pytest.raises(JobError) as info:
+        check_clock([{"time": future}], NOW, 300)
+    assert info.value.kind == "clock"
+
+
+def test_clock_check_accepts_past_and_tolerance():
+    recent = (NOW + timedelta(seconds=60)).astimezone().strftime("%Y-%m-%dT%H:%M:%S.%f")
+    check_clock([{"time": recent}, {"time": None}], NOW, 300)
+    check_clock([], NOW, 300)
+
+
+def test_sources_missing_empty_unmounted(tmp_path):
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "f").write_text("x")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    check_sources([{"path": str(full)}], is_mount=lambda p: False)
+    check_sources([{"path": str(empty), "allow_empty": True}])
+    for source, fragment in [
+        ({"path": str(tmp_path / "nope")}, "does not exist"),
+        ({"path": str(empty)}, "is empty"),
+        ({"path": str(a_file)}, "not a directory"),
+        ({"path": str(full), "mountpoint": True}, "not mounted"),
+    ]:
+        with pytest.raises(JobError) as info:
+            check_sources([source], is_mount=lambda p: False)
+        assert fragment in info.value.message
+        assert info.value.kind == "guard"
+    check_sources([{"path": str(full), "mountpoint": True}], is_mount=lambda p: True)
+
+
+def write_marker(path, when):
+    path.write_text(json.dumps({"time": when.strftime("%Y-%m-%dT%H:%M:%SZ")}))
+
+
+def test_marker_fresh_stale_missing_broken(tmp_path):
+    marker = tmp_path / ".grus-sync.json"
+    write_marker(marker, NOW - timedelta(minutes=10))
+    report, warning = check_marker({"path": str(marker), "max_age_minutes": 60}, NOW)
+    assert warning is None and report["stale"] is False and report["age_minutes"] == 10.0
+    write_marker(marker, NOW - timedelta(minutes=90))
+    report, warning = check_marker({"path": str(marker), "max_age_minutes": 60}, NOW)
+    assert report["stale"] is True and "stale" in warning
+    marker.write_text("{not json")
+    _report, warning = check_marker({"path": str(marker), "max_age_minutes": 60}, NOW)
+    assert "unreadable" in warning
+    _report, warning = check_marker({"path": str(tmp_path / "none"), "max_age_minutes": 60}, NOW)
+    assert "missing" in warning
+
+
+def test_report_exit_status():
+    assert JobReport().exit_status == EXIT_OK
+    assert JobReport(warnings=["w"]).exit_status == EXIT_WARNING
+    assert JobReport(warnings=["w"], errors=["e"]).exit_status == EXIT_ERROR
+
+
+class FakeBorg:
+    """Stands in for list_archives/create_archive/prune; records the calls."""
+
+    def __init__(self, archives=(), would_prune=0):
+        self.archives = list(archives)
+        self.would_prune = would_prune
+        self.calls = []
+
+    def list_archives(self, conn, match_archives=None):
+        self.calls.append(("list", match_archives))
+        return self.archives
+
+    def create_archive(self, conn, name, paths, **options):
+        self.calls.append(("create", name, tuple(paths), options["files_cache"], tuple(options["exclude"])))
+        return {"archive": {"name": name}, "warnings": []}
+
+    def prune(self, conn, retention, match_archives=None, dry_run=False, archives=None):
+        self.calls.append(("prune", dry_run, retention))
+        pruned = [{"name": f"old{i}"} for i in range(self.would_prune)]
+        return {"pruned": pruned, "kept": [{"name": "new"}], "warnings": []}
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    borg = FakeBorg()
+    for name in ("list_archives", "create_archive", "prune"):
+        monkeypatch.setattr(_backup_job, name, getattr(borg, name))
+    return borg
+
+
+def test_run_creates_one_archive_then_prunes(fake, tmp_path):
+    fake.would_prune = 2
+    cfg = config(exclude=["sh:/srv/export/*/connection-logs"], max_deletions=2)
+    report = run_job(cfg, now=NOW)
+    assert report.errors == []
+    kinds = [c[0] for c in fake.calls]
+    assert kinds == ["list", "create", "list", "prune", "prune"]
+    create = fake.calls[1]
+    assert create[1] == "grus-2026-11-23T12:00:00Z"
+    assert create[2] == ("/srv/export",) and create[3] == "ctime,size"
+    assert create[4] == ("sh:/srv/export/*/connection-logs",)
+    assert [c[1] for c in fake.calls if c[0] == "prune"] == [True, False]
+    assert report.pruned == ["old0", "old1"] and report.exit_status == EXIT_OK
+
+
+def test_prune_guard_refuses_too_many(fake):
+    fake.would_prune = 3
+    report = run_job(config(max_deletions=2), now=NOW)
+    assert report.exit_status == EXIT_ERROR and "max_deletions" in report.errors[0]
+    # the dry run only: the real prune never ran
+    assert [c[1] for c in fake.calls if c[0] == "prune"] == [True]
+    assert report.archive == {"name": "grus-2026-11-23T12:00:00Z"}
+
+
+def test_no_prune_when_guard_fails(fake, tmp_path):
+    report = run_job(config(sources=[str(tmp_path / "missing")]), now=NOW)
+    assert report.exit_status == EXIT_ERROR and "guard" in report.errors[0]
+    assert fake.calls == []
+
+
+def test_no_create_no_prune_when_clock_wrong(fake):
+    future = (NOW + timedelta(days=1)).astimezone().strftime("%Y-%m-%dT%H:%M:%S.%f")
+    fake.archives = [{"name": "x", "time": future}]
+    report = run_job(config(), now=NOW)
+    assert "clock" in report.errors[0]
+    assert [c[0] for c in fake.calls] == ["list"]
+
+
+def test_nothing_to_prune_skips_real_prune(fake):
+    report = run_job(config(), now=NOW)
+    assert [c[1] for c in fake.calls if c[0] == "prune"] == [True]
+    assert report.kept == ["new"] and report.pruned == []
+
+
+def test_prune_guarded_respects_zero(fake):
+    fake.would_prune = 1
+    report = JobReport()
+    with pytest.raises(JobError):
+        prune_guarded(None, config(max_deletions=0), report)
+
+
+def test_stale_marker_is_a_warning_and_backup_still_runs(fake, tmp_path):
+    marker = tmp_path / "m.json"
+    write_marker(marker, NOW - timedelta(days=1))
+    report = run_job(config(markers=[{"path": str(marker), "max_age_minutes": 60}]), now=NOW)
+    assert report.exit_status == EXIT_WARNING
+    assert report.archive is not None
+
+
+def test_main_bad_config_is_error(tmp_path, capsys):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"repo": "/r", "paths": ["/x"], "passphrase": "hunter2hunter2"}))
+    assert _backup_job.main(["--config", str(path)]) == EXIT_ERROR
+    err = capsys.readouterr().err
+    assert "passphrase" in err and "hunter2hunter2" not in err
+    assert _backup_job.main(["--config", str(tmp_path / "absent.json")]) == EXIT_ERROR
