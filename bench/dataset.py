@@ -65,7 +65,7 @@ class _TextSource:
         while len(words) < 6000:
             words.add("".join(rng.choices(alphabet, weights, k=rng.randint(2, 11))))
         vocabulary = sorted(words)
-        self.lines = [" ".join(rng.choices(vocabulary, k=rng.randint(5, 16))).capitalize() + "." for _ in range(50000)]
+        self.lines = [" ".join(rng.choices(vocabulary, k=rng.randint(5, 16))).capitalize() + "." for _n in range(50000)]
         self.rng = rng
 
     def text(self, size: int) -> bytes:

@@ -392,7 +392,7 @@ def sample_startups(bench: Bench, count: int) -> None:
     """The cost of any one ad-hoc Ansible task (a no-op module), and of the scheduled jobs'
     interpreter and imports; sampled at the start and again in every round, so that they
     are measured under the same conditions as the figures they are subtracted from."""
-    for _ in range(count):
+    for _attempt in range(count):
         bench.startup_samples.append(bench.module("ansible.builtin.ping", {}))
         if bench.jobs:
             bench.job_startup_samples.append(measure(bench.jobs.argv("_rsync", "--help"), env=bench.jobs.env))
@@ -833,7 +833,7 @@ def run_site(bench: Bench, log) -> dict:
     except MeasurementError as exc:
         return {"measured": False, "error": f"no container engine: {exc}"}
     for word in shlex.split(engine.replace("export ", "")):
-        key, _, value = word.partition("=")
+        key, _sep, value = word.partition("=")
         env[key] = value
     cli = "docker" if env.get("GRUS_ENGINE") == "docker" else "podman"
     running = [
@@ -874,10 +874,10 @@ def parse_recap(text: str) -> dict:
             in_recap = True
             continue
         if in_recap and ":" in line:
-            host, _, rest = line.partition(":")
+            host, _sep, rest = line.partition(":")
             counts = {}
             for item in rest.split():
-                key, _, value = item.partition("=")
+                key, _sep, value = item.partition("=")
                 if value.isdigit():
                     counts[key] = int(value)
             if counts:

@@ -240,7 +240,7 @@ def check_sources(sources, is_mount=os.path.ismount) -> None:
             problems.append(f"{path} is not a directory")
         elif source.get("mountpoint") and not is_mount(path):
             problems.append(f"{path} is not mounted (declared a mount point)")
-        elif not source.get("allow_empty") and not any(True for _ in os.scandir(path)):
+        elif not source.get("allow_empty") and not any(True for _entry in os.scandir(path)):
             problems.append(f"{path} is empty (unmounted disk?)")
     if problems:
         raise JobError("guard", "refusing to back up: " + "; ".join(problems))

@@ -88,7 +88,7 @@ def wait_for(predicate, timeout: float, what: str, proc=None, alive=None) -> Non
 def write_random(path: Path, size: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as handle:
-        for _ in range(size // MIB):
+        for _mib in range(size // MIB):
             handle.write(os.urandom(MIB))
 
 
