@@ -117,11 +117,11 @@ molecule: deps
 
 ## ---- demo --------------------------------------------------------------------------
 
-# The embedded default: start, deploy, prove, tear down (KEEP=1 leaves the hosts running).
+# The embedded default: start afresh, deploy, prove, tear down (KEEP=1 leaves the hosts running).
 demo: deps
 	@eval "$$($(TESTBED) engine)"; \
 	trap '[ -n "$${KEEP:-}" ] || $(TESTBED) demo-down' EXIT; \
-	$(TESTBED) demo-up; \
+	$(TESTBED) demo-down; $(TESTBED) demo-up; \
 	cd $(ROOT) && $(BIN)/ansible-playbook -i inventories/demo site.yml && \
 	$(BIN)/ansible-playbook -i inventories/demo playbooks/drill.yml
 
