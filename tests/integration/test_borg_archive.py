@@ -6,13 +6,11 @@ bad input asserts that the repository directory is byte-identical afterwards.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -20,30 +18,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from helpers import closed_port, snapshot, ssh_repo
 
 # ---- helpers ------------------------------------------------------------------------------------
-
-
-def snapshot(root: Path) -> dict:
-    """Every file, link and directory under root with its SHA-256 (byte identity of a repository)."""
-    state = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames:
-            state[os.path.relpath(os.path.join(dirpath, name), root)] = "dir"
-        for name in filenames:
-            path = os.path.join(dirpath, name)
-            if os.path.islink(path):
-                state[os.path.relpath(path, root)] = "link:" + os.readlink(path)
-            else:
-                with open(path, "rb") as handle:
-                    state[os.path.relpath(path, root)] = hashlib.sha256(handle.read()).hexdigest()
-    return state
-
-
-def closed_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_source(root: Path) -> Path:
@@ -429,10 +406,6 @@ def test_secret_in_the_command_line_is_refused_and_redacted(run_module, env):
 
 
 # ---- over SSH -----------------------------------------------------------------------------------
-
-
-def ssh_repo(sshd, path: Path) -> str:
-    return f"ssh://{sshd.user}@127.0.0.1:{sshd.port}{path}"
 
 
 def test_create_and_restore_over_ssh(run_module, env, sshd):

@@ -3,36 +3,12 @@
 from __future__ import annotations
 
 import configparser
-import hashlib
 import os
 import secrets
-import socket
 import subprocess
-from pathlib import Path
 
 import pytest
-
-
-def snapshot(root: Path) -> dict:
-    """Every file, link and directory under root with its SHA-256 (byte identity of a repository)."""
-    state = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames:
-            state[os.path.relpath(os.path.join(dirpath, name), root)] = "dir"
-        for name in filenames:
-            path = os.path.join(dirpath, name)
-            if os.path.islink(path):
-                state[os.path.relpath(path, root)] = "link:" + os.readlink(path)
-            else:
-                with open(path, "rb") as handle:
-                    state[os.path.relpath(path, root)] = hashlib.sha256(handle.read()).hexdigest()
-    return state
-
-
-def closed_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from helpers import closed_port, snapshot
 
 
 def idempotent(run_module, args, **changes) -> list:

@@ -35,6 +35,7 @@ from ansible_collections.grus.backup.plugins.module_utils._borg import (
     prune,
 )
 from ansible_collections.grus.backup.plugins.module_utils._runner import build_env, run
+from helpers import ssh_repo
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 JOB_MODULE = "ansible_collections.grus.backup.plugins.module_utils._backup_job"
@@ -312,10 +313,6 @@ def test_sigkill_mid_create_next_run_succeeds_without_manual_step(world):
     after = segments(repo_path)
     assert {k: after.get(k) for k in before} == before, "a segment of an earlier archive changed"
     world.verify(conn)
-
-
-def ssh_repo(sshd, path: Path) -> str:
-    return f"ssh://{sshd.user}@127.0.0.1:{sshd.port}{path}"
 
 
 def test_ssh_cut_mid_backup_fails_clearly_and_the_next_run_succeeds(world, sshd):

@@ -1,0 +1,36 @@
+"""Plain helpers shared by the integration tests (fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+from pathlib import Path
+
+
+def snapshot(root: Path) -> dict:
+    """Every file, link and directory under root with its SHA-256 (byte identity of a repository)."""
+    state = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames:
+            state[os.path.relpath(os.path.join(dirpath, name), root)] = "dir"
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            if os.path.islink(path):
+                state[os.path.relpath(path, root)] = "link:" + os.readlink(path)
+            else:
+                with open(path, "rb") as handle:
+                    state[os.path.relpath(path, root)] = hashlib.sha256(handle.read()).hexdigest()
+    return state
+
+
+def closed_port() -> int:
+    """A 127.0.0.1 port that nothing listens on (the socket is closed on return)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ssh_repo(sshd, path: Path) -> str:
+    """The ssh:// location of ``path`` on the test sshd."""
+    return f"ssh://{sshd.user}@127.0.0.1:{sshd.port}{path}"
