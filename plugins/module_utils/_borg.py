@@ -24,15 +24,18 @@ could ask has its answer set in the environment.
 from __future__ import annotations
 
 import configparser
+import contextlib
 import json
 import os
 import posixpath
 import re
+import shutil
 import stat
+import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from ._runner import CommandNotFound, redact, run
+from ._runner import CommandNotFound, redact, run, stream
 
 MIN_BORG_VERSION = (1, 2, 8)
 DEFAULT_ENCRYPTION = "keyfile-blake2"
@@ -345,6 +348,59 @@ def check_borg_version(version: tuple) -> None:
         raise BorgError(
             f"borg {shown} is not supported: grus.backup drives borg 1.x (>= 1.2.8)", cause="unsupported_version"
         )
+
+
+# Where the version of each borg binary is remembered, so that a module call or a
+# scheduled run does not pay a whole borg start-up (about 0.3 s) just to ask it.
+# None: never cache (unit tests). Keyed by the binary's path, size, mtime and inode.
+VERSION_CACHE = "~/.cache/grus-backup/borg-version.json"
+
+
+def _binary_identity(borg: str):
+    path = borg if os.sep in borg else shutil.which(borg)
+    if not path:
+        return None, None
+    try:
+        real = os.path.realpath(path)
+        st = os.stat(real)
+    except OSError:
+        return None, None
+    return real, [st.st_size, st.st_mtime_ns, st.st_ino]
+
+
+def cached_borg_version(borg: str = "borg", runner=None, cache=None) -> str:
+    """``borg_version``, remembered per binary: asked again only when the binary changes.
+
+    The check (>= 1.2.8, not 2.x) runs on every call, cached or not. A cache that
+    cannot be read or written is ignored: the version is then asked of borg.
+    """
+    cache = VERSION_CACHE if cache is None else cache
+    real, identity = _binary_identity(borg) if cache else (None, None)
+    if not real:
+        return borg_version(borg, runner=runner)
+    path = os.path.expanduser(cache)
+    with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
+        with open(path, encoding="utf-8") as handle:
+            entry = json.load(handle).get(real, {})
+        if entry.get("identity") == identity:
+            version = parse_borg_version(entry.get("version"))
+            check_borg_version(version)
+            return ".".join(str(part) for part in version)
+    shown = borg_version(borg, runner=runner)
+    with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
+        try:
+            with open(path, encoding="utf-8") as handle:
+                known = json.load(handle)
+        except (OSError, ValueError):
+            known = {}
+        known = known if isinstance(known, dict) else {}
+        known[real] = {"identity": identity, "version": shown}
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".borg-version.")
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(known, handle)
+        os.replace(tmp, path)
+    return shown
 
 
 def borg_version(borg: str = "borg", runner=None) -> str:
@@ -791,17 +847,20 @@ def file_statuses(logs) -> list:
     return [(e.get("status"), e.get("path")) for e in logs if e.get("type") == "file_status"]
 
 
+# borg 1.x prints "<action> <name padded to 36> <Day, YYYY-MM-DD HH:MM:SS> [<id>]" (local time).
 _PRUNE_LINE_RE = re.compile(
     r"^(?P<action>Would prune:|Pruning archive \(\d+/\d+\):|Keeping checkpoint archive:|"
-    r"Keeping archive \(rule: (?P<rule>[^)]*)\):)\s.*\[(?P<id>[0-9a-f]{64})\]\s*$"
+    r"Keeping archive \(rule: (?P<rule>[^)]*)\):)\s+(?P<name>.*?)\s+"
+    r"(?:\w{3}, (?P<time>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)\s+)?\[(?P<id>[0-9a-f]{64})\]\s*$"
 )
 
 
 def parse_prune_list(logs, archives=()) -> dict:
     """``{"pruned": [...], "kept": [...]}`` from ``borg prune --list --log-json``.
 
-    Lines are matched by the archive id at their end (names may contain spaces);
-    ``archives`` (from ``list_archives``) supply names and times for the ids.
+    Lines are matched by the archive id at their end; ``archives`` (from
+    ``list_archives``), when given, supply names and times for the ids, else
+    they are read from the line itself (time: local, to the second, ISO).
     """
     by_id = {a.get("id"): a for a in archives}
     plan = {"pruned": [], "kept": []}
@@ -811,7 +870,11 @@ def parse_prune_list(logs, archives=()) -> dict:
         match = _PRUNE_LINE_RE.match(str(entry.get("message", "")).strip())
         if not match:
             continue
-        archive = by_id.get(match.group("id"), {})
+        if archives:
+            archive = by_id.get(match.group("id"), {})
+        else:
+            when = match.group("time")
+            archive = {"name": match.group("name"), "time": when.replace(" ", "T") if when else None}
         item = {"name": archive.get("name"), "time": archive.get("time"), "id": match.group("id")}
         if match.group("action").startswith(("Would prune", "Pruning")):
             plan["pruned"].append(item)
@@ -907,10 +970,28 @@ class BorgRepo:
     def run(self, argv, *, cwd=None, archive=None, stdin_data=None) -> BorgOutput:
         """Run one argv from the builders above; raise ``BorgError`` unless rc is ok or a warning."""
         runner = self.runner or run
-        try:
-            result = runner(
+        return self._outcome(
+            lambda: runner(
                 argv, env=self.env(), cwd=cwd, timeout=self.timeout, stdin_data=stdin_data, secrets=self.secrets
-            )
+            ),
+            archive,
+        )
+
+    def stream(self, argv, on_line, *, cwd=None, archive=None) -> BorgOutput:
+        """Like ``run``, but each stdout line goes to ``on_line`` as borg prints it (nothing kept)."""
+        if self.runner is not None:  # a test double: replay its captured stdout
+            out = self.run(argv, cwd=cwd, archive=archive)
+            for line in out.stdout.splitlines(keepends=True):
+                on_line(line)
+            return BorgOutput(out.rc, "", out.logs, out.warnings)
+        return self._outcome(
+            lambda: stream(argv, on_line, env=self.env(), cwd=cwd, secrets=self.secrets),
+            archive,
+        )
+
+    def _outcome(self, call, archive) -> BorgOutput:
+        try:
+            result = call()
         except CommandNotFound as exc:
             raise BorgError(
                 f"borg is not installed ({exc}); needed for repository {self.repo}",
@@ -992,10 +1073,28 @@ def list_archives(conn: BorgRepo, match_archives=None) -> list:
     return repo_info(conn, match_archives=match_archives)["archives"]
 
 
-def archive_items(conn: BorgRepo, name: str, paths=()) -> list:
-    """The items of one archive (optionally under ``paths``), from ``--json-lines``."""
-    out = conn.run(list_argv(conn.repo, name, paths, **conn.argv_kwargs()), archive=name)
-    return parse_json_lines(out.stdout)
+def archive_items(conn: BorgRepo, name: str, paths=(), keep=None) -> list:
+    """The items of one archive (optionally under ``paths``), from ``--json-lines``, streamed.
+
+    ``keep(item)`` returns what to keep of each item (``None``: drop it); by default
+    the whole item. Only what is kept stays in memory, whatever the archive's size.
+    """
+    kept = []
+
+    def on_line(line):
+        line = line.strip()
+        if not line:
+            return
+        try:
+            item = json.loads(line)
+        except ValueError as exc:
+            raise BorgError(f"borg printed a line that is not JSON: {exc}", cause="bad_output") from exc
+        value = item if keep is None else keep(item)
+        if value is not None:
+            kept.append(value)
+
+    conn.stream(list_argv(conn.repo, name, paths, **conn.argv_kwargs()), on_line, archive=name)
+    return kept
 
 
 def init_repository(conn: BorgRepo, encryption=DEFAULT_ENCRYPTION, append_only=False, storage_quota=None) -> list:
@@ -1088,14 +1187,39 @@ def set_repo_config(conn: BorgRepo, key: str, value=None, delete=False) -> list:
 # restore planning (what extract would write, and whether it is there already)
 
 
+RESTORE_FIELDS = ("type", "size", "mtime", "linktarget")
+
+
+def restore_entry(item: dict, strip_components=0) -> dict | None:
+    """What a restore needs of one archive item (``None``: stripped away): small, so that
+    the plan of an archive of millions of files fits in memory."""
+    target = strip_path(item.get("path", ""), strip_components)
+    if not target:
+        return None
+    entry = {"target": target}
+    for key in RESTORE_FIELDS:
+        if item.get(key) not in (None, ""):
+            entry[key] = item[key]
+    return entry
+
+
 def restore_plan(items, strip_components=0) -> list:
-    """Items as they land under the target: dicts with ``path`` relative to dest."""
-    plan = []
-    for item in items:
-        target = strip_path(item.get("path", ""), strip_components)
-        if target:
-            plan.append(dict(item, target=target))
-    return plan
+    """Items as they land under the target: dicts with ``target`` relative to dest."""
+    return [e for e in (restore_entry(i, strip_components) for i in items) if e is not None]
+
+
+def restored_totals(dest: str) -> dict:
+    """Files (every entry that is not a directory) and bytes (regular files) under ``dest``,
+    counted on disk after a restore into an empty directory."""
+    files = size = 0
+    for dirpath, dirnames, filenames in os.walk(dest):
+        for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
+            files += 1
+            with contextlib.suppress(OSError):
+                st = os.lstat(os.path.join(dirpath, name))
+                if stat.S_ISREG(st.st_mode):
+                    size += st.st_size
+    return {"files": files, "bytes": size}
 
 
 def restore_totals(plan) -> dict:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 from dataclasses import dataclass, field
 
 REDACTED = "********"
@@ -81,18 +82,23 @@ def build_env(extra: dict | None = None, inherit: bool = True) -> dict:
     return env
 
 
-def run(argv, env=None, cwd=None, timeout=None, stdin_data=None, inherit_env=True, secrets=()):
-    """Run ``argv`` (a list, never a string) and capture its output.
-
-    ``secrets`` are values that must not appear in argv; a caller that slips one
-    in gets a ValueError before anything runs.
-    """
+def _checked_argv(argv, secrets) -> list:
     if isinstance(argv, (str, bytes)) or not argv:
         raise TypeError("argv must be a non-empty list of arguments")
     argv = [os.fspath(a) if not isinstance(a, str) else a for a in argv]
     for secret in secrets:
         if secret and any(secret in arg for arg in argv):
             raise ValueError("refusing to run: a secret value appears in the command line")
+    return argv
+
+
+def run(argv, env=None, cwd=None, timeout=None, stdin_data=None, inherit_env=True, secrets=()):
+    """Run ``argv`` (a list, never a string) and capture its output.
+
+    ``secrets`` are values that must not appear in argv; a caller that slips one
+    in gets a ValueError before anything runs.
+    """
+    argv = _checked_argv(argv, secrets)
     try:
         proc = subprocess.run(  # noqa: S603 - argv list, shell is never used
             argv,
@@ -115,3 +121,40 @@ def run(argv, env=None, cwd=None, timeout=None, stdin_data=None, inherit_env=Tru
         err = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else (exc.stderr or "")
         return Result(argv, -1, out, err, timed_out=True, secrets=tuple(secrets))
     return Result(argv, proc.returncode, proc.stdout, proc.stderr, secrets=tuple(secrets))
+
+
+def stream(argv, on_line, env=None, cwd=None, inherit_env=True, secrets=()):
+    """Run ``argv`` and hand each line of its stdout to ``on_line`` as it comes.
+
+    For outputs that grow with the data (an archive's item listing): nothing of
+    stdout is kept, so memory stays flat. stderr (borg's log, small) goes to a
+    temporary file and comes back in the Result; ``Result.stdout`` is empty.
+    If ``on_line`` raises, the command is stopped and the exception propagates.
+    """
+    argv = _checked_argv(argv, secrets)
+    with tempfile.TemporaryFile() as err:
+        try:
+            proc = subprocess.Popen(  # noqa: S603 - argv list, shell is never used
+                argv,
+                env=build_env(env, inherit=inherit_env),
+                cwd=cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                text=True,
+                errors="replace",
+            )
+        except (FileNotFoundError, PermissionError) as exc:
+            raise CommandNotFound(argv[0]) from exc
+        try:
+            for line in proc.stdout:
+                on_line(line)
+        except BaseException:
+            proc.kill()
+            raise
+        finally:
+            proc.stdout.close()
+            rc = proc.wait()
+        err.seek(0)
+        stderr = err.read().decode(errors="replace")
+    return Result(argv, rc, "", stderr, secrets=tuple(secrets))

@@ -8,7 +8,7 @@ import secrets
 import subprocess
 
 import pytest
-from helpers import closed_port, snapshot
+from helpers import assert_names_ssh_reason, closed_port, snapshot
 
 
 def idempotent(run_module, args, **changes) -> list:
@@ -216,7 +216,7 @@ def test_unreachable_host(run_module, tmp_path, borg_home, passphrase, sshd):
     assert result.failed
     assert result.result["cause"] == "connection_closed"
     assert repo in result.result["msg"]
-    assert "Connection refused" in result.result["msg"]
+    assert_names_ssh_reason(result.result, "Connection refused")
     assert snapshot(path) == before
 
 

@@ -651,6 +651,80 @@ def test_parse_prune_list_by_id_even_with_spaces_in_names():
     assert _borg.parse_prune_list(_borg.parse_log_lines(real), archives)["pruned"][0]["id"] == ids[0]
 
 
+def test_parse_prune_list_reads_names_and_times_from_borg_lines_without_a_listing():
+    # borg 1.4.0's own lines (captured), so that the backup job needs no separate borg list
+    ids = ["1f" * 32, "04" * 32]
+    lines = [
+        log_line(
+            f"Keeping archive (rule: within #1):           grus-2026-12-02T19:23:33Z            "
+            f"Wed, 2026-12-02 19:23:33 [{ids[0]}]",
+            "INFO",
+            name="borg.output.list",
+        ),
+        log_line(
+            f"Would prune:                                 old one                              "
+            f"Wed, 2020-01-01 00:00:00 [{ids[1]}]",
+            "INFO",
+            name="borg.output.list",
+        ),
+    ]
+    plan = _borg.parse_prune_list(_borg.parse_log_lines("\n".join(lines)))
+    assert plan["kept"] == [
+        {"name": "grus-2026-12-02T19:23:33Z", "time": "2026-12-02T19:23:33", "id": ids[0], "rule": "within #1"}
+    ]
+    assert plan["pruned"] == [{"name": "old one", "time": "2020-01-01T00:00:00", "id": ids[1]}]
+
+
+def test_cached_borg_version_asks_borg_once_per_binary(tmp_path):
+    binary = tmp_path / "borg"
+    binary.write_text("#!/bin/sh\n")
+    cache = tmp_path / "cache" / "borg-version.json"
+    runner = FakeRunner(result(0, "borg 1.4.0\n"), result(0, "borg 1.4.1\n"))
+    assert _borg.cached_borg_version(str(binary), runner=runner, cache=str(cache)) == "1.4.0"
+    assert _borg.cached_borg_version(str(binary), runner=runner, cache=str(cache)) == "1.4.0"
+    assert len(runner.calls) == 1 and oct(cache.parent.stat().st_mode & 0o777) == "0o700"
+    binary.write_text("#!/bin/sh\n# upgraded\n")  # a new binary: asked again
+    assert _borg.cached_borg_version(str(binary), runner=runner, cache=str(cache)) == "1.4.1"
+    assert len(runner.calls) == 2
+
+
+def test_cached_borg_version_still_refuses_an_old_borg_and_survives_a_broken_cache(tmp_path):
+    binary = tmp_path / "borg"
+    binary.write_text("#!/bin/sh\n")
+    cache = tmp_path / "borg-version.json"
+    real, identity = _borg._binary_identity(str(binary))
+    cache.write_text(json.dumps({real: {"identity": identity, "version": "1.2.4"}}))
+    with pytest.raises(_borg.BorgError, match="CVE-2023-36811"):
+        _borg.cached_borg_version(str(binary), runner=FakeRunner(), cache=str(cache))
+    cache.write_text("{garbage")
+    runner = FakeRunner(result(0, "borg 1.4.0\n"))
+    assert _borg.cached_borg_version(str(binary), runner=runner, cache=str(cache)) == "1.4.0"
+    assert json.loads(cache.read_text())[real]["version"] == "1.4.0"
+    # no cache at all (""), or a binary that is not there: borg is asked every time
+    runner = FakeRunner(result(0, "borg 1.4.0\n"), result(0, "borg 1.4.0\n"))
+    assert _borg.cached_borg_version(str(binary), runner=runner, cache="") == "1.4.0"
+    assert _borg.cached_borg_version(str(tmp_path / "nope"), runner=runner, cache=str(cache)) == "1.4.0"
+    assert len(runner.calls) == 2
+
+
+def test_stream_hands_over_lines_and_keeps_stderr(tmp_path):
+    from ansible_collections.grus.backup.plugins.module_utils import _runner
+
+    seen = []
+    result = _runner.stream(["sh", "-c", "printf 'a\\nb\\n'; echo oops >&2; exit 3"], seen.append)
+    assert seen == ["a\n", "b\n"] and result.rc == 3 and result.stdout == "" and result.stderr == "oops\n"
+
+    def stop(_line):
+        raise RuntimeError("enough")
+
+    with pytest.raises(RuntimeError, match="enough"):
+        _runner.stream(["sh", "-c", "while :; do echo y; done"], stop)
+    with pytest.raises(CommandNotFound):
+        _runner.stream([str(tmp_path / "missing")], seen.append)
+    with pytest.raises(ValueError, match="secret"):
+        _runner.stream(["echo", SECRET], seen.append, secrets=(SECRET,))
+
+
 def test_parse_prune_list_unknown_id_is_an_error():
     line = log_line(f"Would prune:   x  Wed [{'d' * 64}]", "INFO", name="borg.output.list")
     with pytest.raises(_borg.BorgError):

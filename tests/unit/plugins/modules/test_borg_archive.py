@@ -97,6 +97,8 @@ class FakeBorg:
 
     def do_create(self, argv, cwd):
         name = argv[argv.index("--") + 1].split("::", 1)[1].replace("{now}", "2026-11-23T04:00")
+        if "--dry-run" not in argv and name in {a["name"] for a in self.archives}:
+            return Result(argv, 30, "", log_line(f"Archive {name} already exists", "Archive.AlreadyExists"))
         if "--dry-run" in argv:
             paths = argv[argv.index("--") + 2 :]
             return Result(
@@ -143,12 +145,16 @@ class FakeBorg:
         return Result(argv, 0, "", "".join(lines))
 
     def do_extract(self, argv, cwd):
+        name = argv[argv.index("--") + 1].split("::", 1)[1]
+        if name not in {a["name"] for a in self.archives}:
+            return Result(argv, 31, "", log_line(f"Archive {name} does not exist", "Archive.DoesNotExist"))
+        patterns = argv[argv.index("--") + 2 :]
+        unmatched = [p for p in patterns if not any(i["path"].startswith(p) for i in self.items.get(name, []))]
         if "--dry-run" not in argv:
             strip = int(argv[argv.index("--strip-components") + 1]) if "--strip-components" in argv else 0
-            name = argv[argv.index("--") + 1].split("::", 1)[1]
             for item in self.items[name]:
                 target = _borg.strip_path(item["path"], strip)
-                if not target:
+                if not target or (patterns and not any(item["path"].startswith(p) for p in patterns)):
                     continue
                 path = os.path.join(cwd, target)
                 if item["type"] == "d":
@@ -159,6 +165,12 @@ class FakeBorg:
                         handle.write("x" * item["size"])
                     mtime = time.mktime(time.strptime(item["mtime"][:19], "%Y-%m-%dT%H:%M:%S"))
                     os.utime(path, (mtime, mtime))
+        if unmatched:
+            warnings = "".join(
+                log_line(f"Include pattern '{p}' never matched.", "IncludePatternNeverMatchedWarning", "WARNING")
+                for p in unmatched
+            )
+            return Result(argv, 101, "", warnings)
         return Result(argv, 0, "", "")
 
 
@@ -166,6 +178,15 @@ class FakeBorg:
 def fake(monkeypatch):
     borg = FakeBorg()
     monkeypatch.setattr(_borg, "run", borg)
+    monkeypatch.setattr(_borg, "VERSION_CACHE", "")  # never write to the home of whoever runs the tests
+
+    def fake_stream(argv, on_line, env=None, cwd=None, inherit_env=True, secrets=()):
+        result = borg(argv, env=env, cwd=cwd, secrets=secrets)
+        for line in result.stdout.splitlines(keepends=True):
+            on_line(line)
+        return Result(result.argv, result.rc, "", result.stderr)
+
+    monkeypatch.setattr(_borg, "stream", fake_stream)
     monkeypatch.setattr(basic.AnsibleModule, "get_bin_path", lambda self, *a, **k: "/usr/bin/borg")
     yield borg
     for call in borg.calls:
@@ -228,7 +249,8 @@ def test_create_builds_the_command(fake, run_module, tmp_path):
     )
     assert result["changed"] is True and not result["failed"]
     assert result["archive"]["name"] == "nightly" and result["archive"]["stats"]["nfiles"] == 1
-    assert fake.subcommands == ["version", "list", "create"]
+    # no listing first: borg itself refuses an existing name before reading any file
+    assert fake.subcommands == ["version", "create"]
     argv = fake.calls_of("create")[0]["argv"]
     assert argv[:4] == ["/usr/bin/borg", "--log-json", "--lock-wait", "5"]
     for option, value in [
@@ -248,11 +270,16 @@ def test_existing_fixed_name_is_ok_not_a_second_archive(fake, run_module, tmp_pa
     fake.add("nightly", 22)
     result = run_module({"name": "nightly", "paths": [str(tmp_path)]})
     assert result["changed"] is False and result["archive"]["name"] == "nightly"
-    assert "create" not in fake.subcommands
+    assert result["archive"]["time"] == "2026-11-22T04:00:00.000000" and not result["failed"]
+    # borg refused the name (rc 30), then the existing archive was read for the result
+    assert fake.subcommands == ["version", "create", "list"]
+    assert [a["name"] for a in fake.archives] == ["nightly"]
+    result = run_module({"name": "nightly", "paths": [str(tmp_path)]}, check=True)
+    assert result["changed"] is False and fake.subcommands[-1] == "list"
 
 
 def test_placeholder_name_always_creates(fake, run_module, tmp_path):
-    fake.add("db-2026-11-23T04:00", 23)
+    fake.add("db-2026-11-22T04:00", 22)
     result = run_module({"name": "db-{now}", "paths": [str(tmp_path)]})
     assert result["changed"] is True
     assert fake.subcommands == ["version", "create"]
@@ -277,10 +304,10 @@ def test_create_warning_is_surfaced(fake, run_module, tmp_path):
 
 
 def test_create_failure_lock_timeout(fake, run_module, tmp_path):
-    fake.fail["list"] = Result([], 73, "", log_line("Failed to create/acquire the lock (timeout).", "LockTimeout"))
+    fake.fail["create"] = Result([], 73, "", log_line("Failed to create/acquire the lock (timeout).", "LockTimeout"))
     result = run_module({"name": "a", "paths": [str(tmp_path)], "lock_wait": 1})
     assert result["failed"] and result["cause"] == "lock_timeout"
-    assert "create" not in fake.subcommands
+    assert "lock_wait seconds" in result["msg"] and fake.archives == []
 
 
 # ---------------------------------------------------------------------- absent
@@ -400,9 +427,12 @@ def test_extract_round(fake, run_module, tmp_path):
     assert result["changed"] and not dest.exists()
     assert [("--dry-run" in c["argv"]) for c in fake.calls_of("extract")] == [True]
     assert result["diff"]["after"] == "data\ndata/a.txt\ndata/b.txt\n"
+    before = len(fake.calls)
     result = run_module(args)
     assert result["changed"] and result["files_restored"] == 2 and result["bytes_restored"] == 12
-    assert result["restore_dir"] == str(dest)
+    assert result["restore_dir"] == str(dest) and result["archive"] == {"name": "a"}
+    # into an empty dest: borg extract alone, no listing before or after
+    assert fake.subcommands[before:] == ["version", "extract"]
     call = fake.calls_of("extract")[-1]
     assert call["cwd"] == str(dest)
     assert call["argv"][call["argv"].index("--strip-components") + 1] == "1"
@@ -440,6 +470,12 @@ def test_extract_paths_matching_nothing(fake, run_module, tmp_path):
     fake.items["a"] = []
     result = run_module({"name": "a", "state": "extracted", "dest": str(tmp_path / "o"), "paths": ["srv/x"]})
     assert result["failed"] and result["cause"] == "nothing_matched"
+    assert not (tmp_path / "o").exists()  # the directory the call made is gone again
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = run_module({"name": "a", "state": "extracted", "dest": str(empty), "paths": ["srv/x"]})
+    assert result["failed"] and result["cause"] == "nothing_matched"
+    assert empty.is_dir() and not list(empty.iterdir())  # an existing empty dest is left as it was
 
 
 # ---------------------------------------------------------------------- listed
