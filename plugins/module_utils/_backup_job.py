@@ -16,19 +16,26 @@ How a run goes, and why:
 1. Guards. Every declared source exists, is a directory, is not empty (an
    unmounted disk shows an empty mount point), and is a mount point where one is
    declared. A failed guard stops the run before borg starts (exit 2).
-2. Freshness. Each sync client's marker (written by the sync after a successful
-   run) is read; a missing or stale marker is a WARNING: the data there is still
-   backed up (old data is better than none) but the run exits 1 so the alert fires.
-3. Clock sanity. The newest archive of this job must not lie in the future: a
-   clock that jumped backwards would make the prune's ``--keep-within`` window
-   slide and the archive names collide. Refused before anything is written.
-4. ONE ``borg create`` of every path (the export), with one exclude list (the
-   connection-logs volume). ``--files-cache ctime,size``: NFS inode numbers are
-   not stable, and without this borg would re-read every file every run.
-5. Prune, only after a successful create (rc 0 or 1): a dry run first; if it
-   would delete more archives than ``max_deletions`` (a clock jump forwards, a
-   typo in the retention) nothing is pruned and the run fails. Space is never
-   reclaimed here (no compact: the repository host does that, late).
+2. Freshness. Each sync client's marker is read. The sync writes it with
+   ``state: running`` before rsync starts and ``state: done`` (with the time) after
+   a successful run, ``state: failed`` after a failed one. A sync still running is
+   waited for, at most ``sync_wait_minutes``. A missing, stale, failed or still
+   running sync is a WARNING: the copy there is still backed up (the last good
+   data is better than none, and the archive of the previous run keeps the one
+   before) but the run exits 1 so the alert fires.
+3. ONE ``borg create`` of every path (the export), with one exclude list (the
+   connection-logs volume). ``--files-cache mtime,size``: a sync that rewrites a
+   file with the same content and mtime gives it a new inode and ctime, and the
+   NFS server's inode numbers are not stable; rsync itself decides by size and
+   mtime, so the copy changes exactly when these do.
+4. Prune, only after a successful create (rc 0 or 1): ``borg prune --dry-run
+   --list`` first, which also lists every archive of this job with its time.
+   Clock sanity: if the newest archive lies in the future, this host's clock went
+   backwards (the ``--keep-within`` window would slide): nothing is pruned and the
+   run fails. If the prune would delete more than ``max_deletions`` archives (a
+   clock jump forwards, a typo in the retention) nothing is pruned and the run
+   fails. Space is never reclaimed here (no compact: the repository host does
+   that, late).
 
 Exit status: 0 ok, 1 done with warnings, 2 error or refusal.
 """
@@ -40,6 +47,7 @@ import json
 import os
 import socket
 import sys
+import time
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta, timezone
 
@@ -47,8 +55,8 @@ from ._borg import (
     DEFAULT_LOCK_WAIT,
     BorgError,
     BorgRepo,
+    cached_borg_version,
     create_archive,
-    list_archives,
     prune,
     validate_retention,
 )
@@ -59,9 +67,11 @@ EXIT_ERROR = 2
 
 DEFAULT_RETENTION = {"keep_within": "14d"}
 DEFAULT_MAX_DELETIONS = 12
-DEFAULT_FILES_CACHE = "ctime,size"
+DEFAULT_FILES_CACHE = "mtime,size"
 DEFAULT_CLOCK_TOLERANCE = 300
 DEFAULT_MARKER_MAX_AGE = 270  # 4 h between syncs, and a margin
+DEFAULT_SYNC_WAIT = 30  # minutes to wait for a sync still running when the backup starts
+SYNC_POLL_SECONDS = 5
 ARCHIVE_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S"
 
 
@@ -92,6 +102,7 @@ class JobConfig:
     sources: list = field(default_factory=list)
     markers: list = field(default_factory=list)
     marker_max_age_minutes: int = DEFAULT_MARKER_MAX_AGE
+    sync_wait_minutes: float = DEFAULT_SYNC_WAIT
     compression: str = "lz4"
     files_cache: str = DEFAULT_FILES_CACHE
     one_file_system: bool = False
@@ -124,6 +135,9 @@ class JobConfig:
         self.max_deletions = int(self.max_deletions)
         if self.max_deletions < 0:
             raise JobError("usage", "max_deletions must be 0 or more")
+        self.sync_wait_minutes = float(self.sync_wait_minutes)
+        if self.sync_wait_minutes < 0:
+            raise JobError("usage", "sync_wait_minutes must be 0 or more")
         if not self.archive_prefix or "/" in self.archive_prefix or "{" in self.archive_prefix:
             raise JobError("usage", f"invalid archive_prefix {self.archive_prefix!r}")
         try:
@@ -175,7 +189,7 @@ class JobReport:
     warnings: list = field(default_factory=list)
     errors: list = field(default_factory=list)
     markers: list = field(default_factory=list)
-    marker_max_age_minutes: int = DEFAULT_MARKER_MAX_AGE
+    sync_waited_seconds: float = 0.0
 
     @property
     def exit_status(self) -> int:
@@ -191,6 +205,7 @@ class JobReport:
             "warnings": self.warnings,
             "errors": self.errors,
             "markers": self.markers,
+            "sync_waited_seconds": self.sync_waited_seconds,
             "exit_status": self.exit_status,
         }
 
@@ -224,8 +239,8 @@ def check_clock(archives, now: datetime, tolerance_seconds: int) -> None:
     if newest > now + timedelta(seconds=tolerance_seconds):
         raise JobError(
             "clock",
-            f"refusing to back up and prune: the newest archive ({newest.isoformat()}) is later than this "
-            f"host's clock ({now.isoformat()}); fix the clock (NTP) first",
+            f"refusing to prune: the newest archive ({newest.isoformat()}) is later than this "
+            f"host's clock ({now.isoformat()}); fix the clock (NTP) first. This run's archive was made",
         )
 
 
@@ -246,19 +261,62 @@ def check_sources(sources, is_mount=os.path.ismount) -> None:
         raise JobError("guard", "refusing to back up: " + "; ".join(problems))
 
 
-def check_marker(marker: dict, now: datetime) -> tuple:
-    """``(report, warning or None)`` for one sync freshness marker."""
-    path = marker["path"]
-    report = {"path": path, "time": None, "age_minutes": None, "stale": True}
+def read_marker(path: str):
+    """The marker's JSON object, or the reason it cannot be read."""
     try:
         with open(path, encoding="utf-8") as handle:
             data = json.load(handle)
     except FileNotFoundError:
-        return report, f"sync marker {path} is missing: that client never synced; its data may be absent"
+        return None, "missing"
     except (OSError, ValueError) as exc:
-        return report, f"sync marker {path} is unreadable ({exc}); backing up what is there"
+        return None, f"unreadable ({exc})"
+    return (data, None) if isinstance(data, dict) else (None, "unreadable (not a JSON object)")
+
+
+def marker_state(data) -> str:
+    """``running``, ``failed`` or ``done``; markers written before states existed are ``done``."""
+    state = data.get("state") if isinstance(data, dict) else None
+    return state if state in ("running", "failed") else "done"
+
+
+def wait_for_syncs(markers, wait_seconds: float, clock=time.monotonic, sleep=time.sleep) -> float:
+    """Wait (at most ``wait_seconds``) while a sync client's marker says it is still running.
+
+    Returns the seconds waited. A sync that overran its slot is waited for rather than
+    archived half-way; one that never finishes (it died) costs at most the wait.
+    """
+    start = clock()
+    while True:
+        running = [m for m in markers if marker_state(read_marker(m["path"])[0]) == "running"]
+        waited = clock() - start
+        if not running or waited >= wait_seconds:
+            return waited
+        sleep(min(SYNC_POLL_SECONDS, max(0.1, wait_seconds - waited)))
+
+
+def check_marker(marker: dict, now: datetime) -> tuple:
+    """``(report, warning or None)`` for one sync freshness marker."""
+    path = marker["path"]
+    report = {"path": path, "state": None, "time": None, "age_minutes": None, "stale": True}
+    data, problem = read_marker(path)
+    if data is None and problem == "missing":
+        return report, f"sync marker {path} is missing: that client never synced; its data may be absent"
+    if data is None:
+        return report, f"sync marker {path} is {problem}; backing up what is there"
+    state = report["state"] = marker_state(data)
+    who = data.get("source_host") or "the sync client"
+    if state == "running":
+        return report, (
+            f"the sync from {who} that started at {data.get('started')} has not finished (still running, or it "
+            f"died; marker {path}): backing up the copy as it is, possibly partly updated"
+        )
+    if state == "failed":
+        return report, (
+            f"the last sync from {who} failed at {data.get('failed')} ({data.get('error') or 'no reason given'}; "
+            f"marker {path}): backing up the copy as it is, possibly partly updated"
+        )
     when = None
-    text = data.get("time") if isinstance(data, dict) else None
+    text = data.get("time")
     if isinstance(text, str):
         try:
             when = datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)  # noqa: UP017
@@ -282,17 +340,17 @@ def check_marker(marker: dict, now: datetime) -> tuple:
 def run_job(config: JobConfig, *, now=None, timestamp=None, runner=None, do_prune=None) -> JobReport:
     """One backup run. Returns a report; refusals and failures are in ``report.errors``."""
     report = JobReport()
-    now = now or datetime.now(timezone.utc)  # noqa: UP017
     conn = config.connection(runner=runner)
     try:
+        cached_borg_version(config.borg, runner=runner)
         check_sources(config.sources)
+        report.sync_waited_seconds = round(wait_for_syncs(config.markers, config.sync_wait_minutes * 60), 1)
+        now = now or datetime.now(timezone.utc)  # noqa: UP017
         for marker in config.markers:
             marker_report, warning = check_marker(marker, now)
             report.markers.append(marker_report)
             if warning:
                 report.warnings.append(warning)
-        archives = list_archives(conn, match_archives=config.archive_prefix)
-        check_clock(archives, now, config.clock_tolerance)
         moment = now
         borg_timestamp = None
         if timestamp:
@@ -313,7 +371,7 @@ def run_job(config: JobConfig, *, now=None, timestamp=None, runner=None, do_prun
         report.archive = created["archive"]
         report.warnings.extend(created["warnings"])
         if config.prune if do_prune is None else do_prune:
-            prune_guarded(conn, config, report)
+            prune_guarded(conn, config, report, now=now)
     except JobError as exc:
         report.errors.append(f"{exc.kind}: {exc.message}")
     except BorgError as exc:
@@ -321,10 +379,15 @@ def run_job(config: JobConfig, *, now=None, timestamp=None, runner=None, do_prun
     return report
 
 
-def prune_guarded(conn: BorgRepo, config: JobConfig, report: JobReport) -> None:
-    """Dry run, count, then the real prune; never more than ``max_deletions`` archives."""
-    archives = list_archives(conn, match_archives=config.archive_prefix)
-    plan = prune(conn, config.retention, match_archives=config.archive_prefix, dry_run=True, archives=archives)
+def prune_guarded(conn: BorgRepo, config: JobConfig, report: JobReport, now=None) -> None:
+    """Dry run, clock check, count, then the real prune; never more than ``max_deletions`` archives.
+
+    The dry run's list names every archive of the job with its time: it is the listing the
+    clock check reads, so a run costs one borg call besides the create when nothing is due.
+    """
+    now = now or datetime.now(timezone.utc)  # noqa: UP017
+    plan = prune(conn, config.retention, match_archives=config.archive_prefix, dry_run=True, archives=())
+    check_clock(plan["pruned"] + plan["kept"], now, config.clock_tolerance)
     if len(plan["pruned"]) > config.max_deletions:
         names = ", ".join(str(a["name"]) for a in plan["pruned"][:10])
         raise JobError(
@@ -336,7 +399,7 @@ def prune_guarded(conn: BorgRepo, config: JobConfig, report: JobReport) -> None:
     if not plan["pruned"]:
         report.kept = [a["name"] for a in plan["kept"]]
         return
-    done = prune(conn, config.retention, match_archives=config.archive_prefix, archives=archives)
+    done = prune(conn, config.retention, match_archives=config.archive_prefix, archives=())
     report.pruned = [a["name"] for a in done["pruned"]]
     report.kept = [a["name"] for a in done["kept"]]
     report.warnings.extend(done["warnings"])

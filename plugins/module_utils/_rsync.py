@@ -27,9 +27,13 @@ How a run goes, and why:
   ``--max-delete`` would delete up to the limit before stopping; the dry run
   lets us refuse before a single file is touched. The real run still carries
   ``--max-delete`` in case the source changed in between.
-* After a successful run (exit 0 or 24) a JSON marker is written atomically to
-  ``dest/<marker_name>``; over SSH it is sent with rsync through the same
-  ``rsh``, so the receiving key can stay restricted to ``rrsync``.
+* The JSON marker ``dest/<marker_name>`` tells the key holder's backup how the
+  copy stands: ``state: running`` is written before rsync starts, ``state: done``
+  (with the time) after a successful run (exit 0 or 24), ``state: failed`` (best
+  effort) after a failed one. The backup waits for a running sync and reports
+  a failed or unfinished one. Each is written atomically; over SSH it is sent
+  with rsync through the same ``rsh``, so the receiving key can stay restricted
+  to ``rrsync``.
 """
 
 from __future__ import annotations
@@ -54,7 +58,7 @@ from ._runner import CommandNotFound, run
 DEFAULT_MARKER_NAME = ".grus-sync.json"
 DEFAULT_LOCK = "/run/lock/grus-backup-nfs-sync.lock"
 DEFAULT_LOCK_TIMEOUT = 300
-MARKER_FORMAT = 1
+MARKER_FORMAT = 2  # 2: the state field (running, done, failed)
 
 # Directories that exist on a freshly made file system and are never volumes.
 NOT_VOLUMES = frozenset({"lost+found"})
@@ -557,6 +561,7 @@ def build_marker(options: SyncOptions, volumes, stats: dict, rsync_rc: int, star
     return {
         "format": MARKER_FORMAT,
         "writer": "grus.backup.nfs_sync",
+        "state": "done",
         "time": _utc_iso(finished),
         "started": _utc_iso(started),
         "source_host": options.source_host or socket.gethostname(),
@@ -569,6 +574,22 @@ def build_marker(options: SyncOptions, volumes, stats: dict, rsync_rc: int, star
         "bytes_sent": stats.get("bytes_sent", 0),
         "rsync_exit_code": rsync_rc,
     }
+
+
+def build_progress_marker(options: SyncOptions, state: str, started: float, error: str | None = None) -> dict:
+    """The marker of a sync under way (``running``) or one that failed (``failed``)."""
+    marker = {
+        "format": MARKER_FORMAT,
+        "writer": "grus.backup.nfs_sync",
+        "state": state,
+        "started": _utc_iso(started),
+        "source_host": options.source_host or socket.gethostname(),
+        "source": options.src,
+    }
+    if state == "failed":
+        marker["failed"] = _utc_iso(time.time())
+        marker["error"] = error
+    return marker
 
 
 def marker_path(options: SyncOptions) -> str:
@@ -666,15 +687,27 @@ def sync(options: SyncOptions, runner=run) -> SyncResult:
             result.argv = argv
             if options.delete and options.max_delete is not None and not options.dry_run:
                 _preflight_deletions(options, volumes, result, runner)
-            proc = _run_rsync(argv, runner)
-            result.rsync_rc = proc.rc
-            result.stderr = _stderr_tail(proc.stderr)
-            result.changes = parse_itemized(proc.stdout)
-            result.changed = bool(result.changes)
-            result.stats = parse_stats(proc.stdout)
-            status, meaning = classify_exit(proc.rc)
-            result.rsync_status = status
-            _raise_for_status(options, status, meaning, proc.rc, result)
+            tracked = options.marker and not options.dry_run
+            if tracked:
+                _write_progress_marker(options, "running", started, runner, result)
+            try:
+                proc = _run_rsync(argv, runner)
+                result.rsync_rc = proc.rc
+                result.stderr = _stderr_tail(proc.stderr)
+                result.changes = parse_itemized(proc.stdout)
+                result.changed = bool(result.changes)
+                result.stats = parse_stats(proc.stdout)
+                status, meaning = classify_exit(proc.rc)
+                result.rsync_status = status
+                _raise_for_status(options, status, meaning, proc.rc, result)
+            except SyncError as exc:
+                if tracked:
+                    # Best effort: when the link is down this fails too, and the marker
+                    # stays "running", which the backup reports as an unfinished sync.
+                    with contextlib.suppress(OSError, CommandNotFound):
+                        failed = build_progress_marker(options, "failed", started, f"{exc.kind}: {exc.message}"[:300])
+                        write_marker(options, failed, runner=runner)
+                raise
         result.stats["elapsed_seconds"] = round(time.monotonic() - clock, 3)
         if options.marker and not options.dry_run:
             marker = build_marker(options, volumes, result.stats, result.rsync_rc or 0, started, time.time())
@@ -686,6 +719,17 @@ def sync(options: SyncOptions, runner=run) -> SyncResult:
                 ) from exc
             result.marker = marker
         return result
+
+
+def _write_progress_marker(options, state, started, runner, result) -> None:
+    try:
+        write_marker(options, build_progress_marker(options, state, started), runner=runner)
+    except (OSError, CommandNotFound) as exc:
+        raise SyncError(
+            "marker",
+            f"could not write the marker {marker_path(options)} before syncing: {exc}; nothing was synced",
+            result,
+        ) from exc
 
 
 def _preflight_deletions(options, volumes, result, runner) -> None:

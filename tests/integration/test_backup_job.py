@@ -121,12 +121,16 @@ def test_retention_prunes_old_keeps_recent_and_guard_refuses(job):
     assert len(left) == 2 and not [n for n in left if n.startswith("grus-2020")]
 
 
-def test_clock_in_the_past_refuses(job):
+def test_clock_in_the_past_makes_the_archive_but_refuses_to_prune(job):
+    assert job["run"]("--timestamp", "2020-01-01T00:00:00", "--no-prune").returncode in (0, 1)
     assert job["run"]("--timestamp", "2099-01-01T00:00:00", "--no-prune").returncode in (0, 1)
     proc = job["run"]()
+    report = json.loads(proc.stdout)
     assert proc.returncode == 2
-    assert "clock" in json.loads(proc.stdout)["errors"][0]
-    assert len(archives(job)) == 1
+    assert "clock" in report["errors"][0] and "2099-01-01" in report["errors"][0]
+    # the backup is still taken; the 2020 archive, due for pruning, is kept: nothing pruned
+    assert report["archive"]["name"] in archives(job) and report["pruned"] == []
+    assert "grus-2020-01-01T00:00:00Z" in archives(job) and len(archives(job)) == 3
 
 
 def test_guard_stops_before_borg(job):

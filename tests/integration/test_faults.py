@@ -578,3 +578,170 @@ def test_missing_keyfile_is_a_clear_error_and_changes_nothing(world):
     assert PASSPHRASE not in stderr + json.dumps(report)
     assert snapshot(repo_path) == before
     assert world.names(conn) == [first["archive"]["name"]]
+
+
+# ---- a sync that overruns into the backup, dies, or fails ---------------------------------------
+
+SYNC_MODULE = "ansible_collections.grus.backup.plugins.module_utils._rsync"
+
+
+class Client:
+    """A sync client's volumes, synced by the scheduled sync (real rsync) into the world's export."""
+
+    def __init__(self, world: World):
+        self.world = world
+        self.volumes = world.tmp / "client"
+        (self.volumes / "app").mkdir(parents=True)
+        (self.volumes / "app" / "settings.txt").write_text("version 1\n")
+        write_random(self.volumes / "app" / "b.bin", MIB)
+        self.marker = world.export / "balearica" / ".grus-sync.json"
+        self.config_path = world.tmp / "nfs-sync.json"
+
+    def start(self, bwlimit: str | None = None) -> subprocess.Popen:
+        options = {
+            "src": str(self.volumes),
+            "dest": str(self.world.export / "balearica"),
+            "lock": str(self.world.tmp / "sync.lock"),
+            "bwlimit": bwlimit,
+        }
+        self.config_path.write_text(json.dumps(options))
+        env = dict(os.environ, PYTHONPATH=str(REPO_ROOT / ".build" / "collections"))
+        return subprocess.Popen(
+            [sys.executable, "-m", SYNC_MODULE, "--config", str(self.config_path), "--json"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+
+    def sync(self) -> None:
+        proc = self.start()
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, (out, err)
+
+    def state(self) -> str | None:
+        try:
+            return json.loads(self.marker.read_text()).get("state")
+        except (OSError, ValueError):
+            return None
+
+    def wait_until_running(self, proc: subprocess.Popen) -> None:
+        wait_for(lambda: self.state() == "running", 20, "the sync's running marker", proc=proc)
+
+
+def archived_sha256(world: World, conn: BorgRepo, name: str, path: Path) -> str:
+    """SHA-256 of one file as the archive holds it (``borg extract --stdout``, bytes)."""
+    argv = borg_argv(["extract", "--stdout", "--", f"{conn.repo}::{name}", str(path).lstrip("/")], log_json=False)
+    proc = subprocess.run(argv, env=build_env(conn.env()), capture_output=True, check=True, timeout=120)
+    return hashlib.sha256(proc.stdout).hexdigest()
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def overlap(world):
+    repo_path = world.tmp / "repo"
+    conn = world.conn(str(repo_path))
+    world.init(conn)
+    client = Client(world)
+    client.sync()
+    assert client.state() == "done"
+    procs = []
+    yield world, conn, client, procs
+    for proc in procs:  # bounded: nothing of ours outlives the test
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+
+
+def test_backup_waits_for_a_sync_that_overran_and_archives_the_whole_sync(overlap):
+    world, conn, client, procs = overlap
+    (client.volumes / "app" / "settings.txt").write_text("version 2, longer\n")
+    write_random(client.volumes / "app" / "new.bin", 3 * MIB)
+    sync = client.start(bwlimit="1000")  # KiB/s: about 3 s for the new file
+    procs.append(sync)
+    client.wait_until_running(sync)
+    cfg = world.config(conn.repo, markers=[{"path": str(client.marker), "max_age_minutes": 60}], sync_wait_minutes=1)
+    rc, report, stderr = world.job(cfg)
+    assert sync.wait(timeout=60) == 0
+    assert rc == 0, (report, stderr)
+    assert report["sync_waited_seconds"] >= 1 and report["markers"][0]["state"] == "done", report
+    name = report["archive"]["name"]
+    export_app = world.export / "balearica" / "app"
+    # the archive holds the whole sync: the new file complete, the changed one new
+    assert archived_sha256(world, conn, name, export_app / "new.bin") == sha256(client.volumes / "app" / "new.bin")
+    assert archived_sha256(world, conn, name, export_app / "settings.txt") == sha256(
+        client.volumes / "app" / "settings.txt"
+    )
+
+
+def test_sync_still_running_after_the_wait_is_reported_and_the_copy_backed_up(overlap):
+    world, conn, client, procs = overlap
+    good = sha256(world.export / "balearica" / "app" / "b.bin")
+    write_random(client.volumes / "app" / "new.bin", 8 * MIB)
+    sync = client.start(bwlimit="500")  # about 16 s: longer than the 3 s the backup waits
+    procs.append(sync)
+    client.wait_until_running(sync)
+    cfg = world.config(conn.repo, markers=[{"path": str(client.marker), "max_age_minutes": 60}], sync_wait_minutes=0.05)
+    rc, report, stderr = world.job(cfg)
+    assert sync.poll() is None, "the sync must still be running for this test to mean anything"
+    assert rc == 1, (report, stderr)
+    assert len(report["warnings"]) == 1 and "has not finished" in report["warnings"][0], report
+    assert "WARNING" in stderr and 2.5 <= report["sync_waited_seconds"] < 30
+    name = report["archive"]["name"]
+    # the last good copy is in the archive, byte for byte
+    assert archived_sha256(world, conn, name, world.export / "balearica" / "app" / "b.bin") == good
+    assert sync.wait(timeout=60) == 0 and client.state() == "done"
+    rc, report, stderr = world.job(cfg)  # the next run: clean, with the whole new file
+    assert rc == 0, (report, stderr)
+    new = world.export / "balearica" / "app" / "new.bin"
+    assert archived_sha256(world, conn, report["archive"]["name"], new) == sha256(client.volumes / "app" / "new.bin")
+    assert world.names(conn) == [name, report["archive"]["name"]]
+
+
+def test_sync_killed_mid_transfer_is_reported_and_the_last_good_copy_backed_up(overlap):
+    world, conn, client, procs = overlap
+    good = sha256(world.export / "balearica" / "app" / "b.bin")
+    (client.volumes / "app" / "b.bin").unlink()
+    write_random(client.volumes / "app" / "b.bin", 8 * MIB)  # b.bin is being replaced when the sync dies
+    sync = client.start(bwlimit="500")
+    procs.append(sync)
+    client.wait_until_running(sync)
+    time.sleep(1)
+    os.killpg(sync.pid, signal.SIGKILL)
+    sync.wait(timeout=30)
+    assert client.state() == "running"  # a dead sync cannot say so: its marker stays "running"
+    cfg = world.config(conn.repo, markers=[{"path": str(client.marker), "max_age_minutes": 60}], sync_wait_minutes=0.05)
+    rc, report, stderr = world.job(cfg)
+    assert rc == 1, (report, stderr)
+    assert "still running, or it died" in report["warnings"][0], report
+    # rsync writes into a temporary file and renames: the old b.bin is still whole in the archive
+    name = report["archive"]["name"]
+    assert archived_sha256(world, conn, name, world.export / "balearica" / "app" / "b.bin") == good
+    world.verify(conn)
+
+
+def test_failed_sync_is_reported_and_the_copy_still_backed_up(overlap):
+    world, conn, client, _procs = overlap
+    stuck = world.export / "balearica" / "app" / "settings.txt"
+    if subprocess.run(["chattr", "+i", str(stuck)], capture_output=True, check=False).returncode != 0:
+        pytest.skip("chattr +i is not supported here")
+    try:
+        (client.volumes / "app" / "settings.txt").write_text("version 2, longer\n")
+        sync = client.start()
+        out, _err = sync.communicate(timeout=60)
+        assert sync.returncode == 2 and json.loads(out)["kind"] == "partial"
+        assert client.state() == "failed"
+        cfg = world.config(conn.repo, markers=[{"path": str(client.marker), "max_age_minutes": 60}])
+        rc, report, stderr = world.job(cfg)
+        assert rc == 1, (report, stderr)
+        assert "the last sync from" in report["warnings"][0] and "partial" in report["warnings"][0], report
+        assert report["sync_waited_seconds"] == 0  # a failed sync is not waited for
+        name = report["archive"]["name"]
+        assert archived_sha256(world, conn, name, stuck) == sha256(stuck)  # the copy as it stands (version 1)
+        assert stuck.read_text() == "version 1\n"
+    finally:
+        subprocess.run(["chattr", "-i", str(stuck)], check=True)

@@ -127,7 +127,7 @@ def marker_of(dest: Path) -> dict:
 
 
 def assert_marker(marker: dict, volumes, rsync_rc: int = 0) -> None:
-    assert marker["format"] == 1
+    assert marker["format"] == 2 and marker["state"] == "done"
     assert marker["volumes"] == sorted(volumes)
     assert marker["rsync_exit_code"] == rsync_rc
     assert marker["source_host"] == os.uname().nodename
@@ -329,7 +329,11 @@ def test_partial_transfer_reported_distinctly(run_module, tmp_path):
         assert result.result["kind"] == "partial" and result.result["rsync_rc"] == 23
         assert "partial transfer" in result.result["msg"] and "exit 23" in result.result["msg"]
         assert (dest / "www" / "html" / "index.html").read_text() == "<h1>new</h1>\n"
-        assert (dest / MARKER).read_text() == marker_before, "no fresh marker after a partial sync"
+        marker = marker_of(dest)
+        assert marker_before != (dest / MARKER).read_text()
+        # no fresh "done" marker after a partial sync: the backup reads "failed" and the reason
+        assert marker["state"] == "failed" and "time" not in marker, marker
+        assert marker["error"].startswith("partial: partial transfer") and "exit 23" in marker["error"]
     finally:
         subprocess.run(["chattr", "-i", str(stuck)], check=True)
 
@@ -479,7 +483,9 @@ def test_over_ssh_through_an_rrsync_restricted_key(run_module, tmp_path, sshd):
         )
         assert shell.returncode != 0 and "uid=" not in shell.stdout
         escape = run_module("nfs_sync", sync_args(src, f"{sshd.user}@{sshd.host}:../outside", lock, rsh=sshd.rsh))
-        assert escape.failed and escape.result["kind"] == "error", escape.result
+        # rrsync refuses the path already for the marker written before the sync: nothing synced
+        assert escape.failed and escape.result["kind"] == "marker", escape.result
+        assert "before syncing" in escape.result["msg"] and "nothing was synced" in escape.result["msg"]
         assert not (tmp_path / "outside").exists()
         assert (export / "antigone-only" / "keep").read_text() == "not for the sync client\n"
     finally:

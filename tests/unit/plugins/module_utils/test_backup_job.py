@@ -35,7 +35,8 @@ def config(**extra):
 def test_config_defaults_are_the_policy():
     cfg = config()
     assert cfg.retention == {"keep_within": "14d"}
-    assert cfg.files_cache == "ctime,size"
+    assert cfg.files_cache == "mtime,size"
+    assert cfg.sync_wait_minutes == 30
     assert cfg.max_deletions == 12
     assert config(markers=["/m"]).markers == [{"path": "/m", "max_age_minutes": 270}]
 
@@ -48,6 +49,7 @@ def test_config_defaults_are_the_policy():
         ({"repo": "/r", "paths": ["/x"], "bogus": 1}, "unknown configuration key"),
         ({"repo": "/r", "paths": ["/x"], "retention": {"keep_within": "14 days"}}, "keep_within"),
         ({"repo": "/r", "paths": ["/x"], "max_deletions": -1}, "max_deletions"),
+        ({"repo": "/r", "paths": ["/x"], "sync_wait_minutes": -1}, "sync_wait_minutes"),
         ({"repo": "/r", "paths": ["/x"], "markers": [{"path": ""}]}, "needs a path"),
         ({"repo": "/r", "paths": ["/x"], "markers": ["/m"], "marker_max_age_minutes": 0}, "max_age_minutes > 0"),
     ],
@@ -132,31 +134,32 @@ def test_report_exit_status():
 
 
 class FakeBorg:
-    """Stands in for list_archives/create_archive/prune; records the calls."""
+    """Stands in for the borg calls of a run (version, create, prune); records them."""
 
     def __init__(self, archives=(), would_prune=0):
         self.archives = list(archives)
         self.would_prune = would_prune
         self.calls = []
 
-    def list_archives(self, conn, match_archives=None):
-        self.calls.append(("list", match_archives))
-        return self.archives
+    def cached_borg_version(self, borg, runner=None):
+        self.calls.append(("version",))
+        return "1.4.0"
 
     def create_archive(self, conn, name, paths, **options):
         self.calls.append(("create", name, tuple(paths), options["files_cache"], tuple(options["exclude"])))
         return {"archive": {"name": name}, "warnings": []}
 
     def prune(self, conn, retention, match_archives=None, dry_run=False, archives=None):
-        self.calls.append(("prune", dry_run, retention))
-        pruned = [{"name": f"old{i}"} for i in range(self.would_prune)]
-        return {"pruned": pruned, "kept": [{"name": "new"}], "warnings": []}
+        self.calls.append(("prune", dry_run, retention, archives))
+        pruned = [{"name": f"old{i}", "time": "2026-11-01T04:00:00"} for i in range(self.would_prune)]
+        kept = [{"name": "new", "time": "2026-11-23T12:00:00"}, *self.archives]
+        return {"pruned": pruned, "kept": kept, "warnings": []}
 
 
 @pytest.fixture
 def fake(monkeypatch):
     borg = FakeBorg()
-    for name in ("list_archives", "create_archive", "prune"):
+    for name in ("cached_borg_version", "create_archive", "prune"):
         monkeypatch.setattr(_backup_job, name, getattr(borg, name))
     return borg
 
@@ -166,13 +169,15 @@ def test_run_creates_one_archive_then_prunes(fake, tmp_path):
     cfg = config(exclude=["sh:/srv/export/*/connection-logs"], max_deletions=2)
     report = run_job(cfg, now=NOW)
     assert report.errors == []
-    kinds = [c[0] for c in fake.calls]
-    assert kinds == ["list", "create", "list", "prune", "prune"]
+    # no listing before or after the create: the prune's dry run lists the archives (and their times)
+    assert [c[0] for c in fake.calls] == ["version", "create", "prune", "prune"]
     create = fake.calls[1]
     assert create[1] == "grus-2026-11-23T12:00:00Z"
-    assert create[2] == ("/srv/export",) and create[3] == "ctime,size"
+    assert create[2] == ("/srv/export",) and create[3] == "mtime,size"
     assert create[4] == ("sh:/srv/export/*/connection-logs",)
     assert [c[1] for c in fake.calls if c[0] == "prune"] == [True, False]
+    # names and times come from borg's prune lines, not from a separate listing
+    assert [c[3] for c in fake.calls if c[0] == "prune"] == [(), ()]
     assert report.pruned == ["old0", "old1"] and report.exit_status == EXIT_OK
 
 
@@ -188,15 +193,18 @@ def test_prune_guard_refuses_too_many(fake):
 def test_no_prune_when_guard_fails(fake, tmp_path):
     report = run_job(config(sources=[str(tmp_path / "missing")]), now=NOW)
     assert report.exit_status == EXIT_ERROR and "guard" in report.errors[0]
-    assert fake.calls == []
+    assert fake.calls == [("version",)]
 
 
-def test_no_create_no_prune_when_clock_wrong(fake):
-    future = (NOW + timedelta(days=1)).astimezone().strftime("%Y-%m-%dT%H:%M:%S.%f")
+def test_clock_wrong_archive_made_but_nothing_pruned(fake):
+    fake.would_prune = 1
+    future = (NOW + timedelta(days=1)).astimezone().strftime("%Y-%m-%dT%H:%M:%S")
     fake.archives = [{"name": "x", "time": future}]
     report = run_job(config(), now=NOW)
-    assert "clock" in report.errors[0]
-    assert [c[0] for c in fake.calls] == ["list"]
+    assert report.exit_status == EXIT_ERROR and "clock" in report.errors[0]
+    assert "archive was made" in report.errors[0]
+    assert [c[0] for c in fake.calls] == ["version", "create", "prune"]
+    assert [c[1] for c in fake.calls if c[0] == "prune"] == [True] and report.pruned == []
 
 
 def test_nothing_to_prune_skips_real_prune(fake):
@@ -209,7 +217,7 @@ def test_prune_guarded_respects_zero(fake):
     fake.would_prune = 1
     report = JobReport()
     with pytest.raises(JobError):
-        prune_guarded(None, config(max_deletions=0), report)
+        prune_guarded(None, config(max_deletions=0), report, now=NOW)
 
 
 def test_stale_marker_is_a_warning_and_backup_still_runs(fake, tmp_path):
@@ -218,6 +226,47 @@ def test_stale_marker_is_a_warning_and_backup_still_runs(fake, tmp_path):
     report = run_job(config(markers=[{"path": str(marker), "max_age_minutes": 60}]), now=NOW)
     assert report.exit_status == EXIT_WARNING
     assert report.archive is not None
+
+
+def test_marker_states(tmp_path):
+    marker = tmp_path / "m.json"
+    marker.write_text(json.dumps({"state": "running", "started": "2026-11-23T11:45:00Z", "source_host": "b"}))
+    report, warning = check_marker({"path": str(marker), "max_age_minutes": 60}, NOW)
+    assert report["state"] == "running" and "has not finished" in warning and "11:45:00Z" in warning
+    marker.write_text(json.dumps({"state": "failed", "failed": "2026-11-23T11:50:00Z", "error": "partial"}))
+    report, warning = check_marker({"path": str(marker), "max_age_minutes": 60}, NOW)
+    assert report["state"] == "failed" and "failed at 2026-11-23T11:50:00Z (partial" in warning
+    write_marker(marker, NOW - timedelta(minutes=5))  # a marker of format 1 has no state: done
+    report, warning = check_marker({"path": str(marker), "max_age_minutes": 60}, NOW)
+    assert report["state"] == "done" and warning is None
+
+
+def test_wait_for_syncs_waits_for_a_running_sync_and_gives_up_in_time(tmp_path):
+    marker = tmp_path / "m.json"
+    marker.write_text(json.dumps({"state": "running"}))
+    ticks = {"now": 0.0, "sleeps": []}
+
+    def clock():
+        return ticks["now"]
+
+    def sleep(seconds):
+        ticks["sleeps"].append(seconds)
+        ticks["now"] += seconds
+        if ticks["now"] >= 12:  # the sync finishes after 12 s
+            write_marker(marker, NOW)
+
+    assert _backup_job.wait_for_syncs([{"path": str(marker)}], 60, clock, sleep) == 15
+    assert ticks["sleeps"] == [5, 5, 5]
+    # never finishes (the sync died): gives up at the limit
+    marker.write_text(json.dumps({"state": "running"}))
+    ticks.update(now=0.0, sleeps=[])
+    waited = _backup_job.wait_for_syncs(
+        [{"path": str(marker)}], 7, clock, lambda s: ticks.__setitem__("now", ticks["now"] + s)
+    )
+    assert waited == 7
+    # nothing running: no wait at all
+    write_marker(marker, NOW)
+    assert _backup_job.wait_for_syncs([{"path": str(marker)}], 60, clock, sleep) == 0
 
 
 def test_main_bad_config_is_error(tmp_path, capsys):

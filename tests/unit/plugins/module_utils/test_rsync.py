@@ -583,7 +583,10 @@ def test_partial_transfer_fails_distinctly_without_marker(setup):
     assert "partial transfer" in err.value.message and "exit 23" in err.value.message
     assert "Permission denied" in err.value.message
     assert err.value.result.changed and err.value.result.rsync_rc == 23
-    assert not (dest / ".grus-sync.json").exists()
+    marker = json.loads((dest / ".grus-sync.json").read_text())
+    # no "done" marker: the backup sees a failed sync, not a fresh copy
+    assert marker["state"] == "failed" and "time" not in marker
+    assert marker["error"].startswith("partial: partial transfer") and marker["failed"] >= marker["started"]
 
 
 @pytest.mark.parametrize(("rc", "words"), [(255, "SSH"), (12, "protocol data stream"), (11, "file I/O")])
@@ -593,7 +596,8 @@ def test_hard_errors_fail_with_rsync_meaning(setup, rc, words):
         sync(make(), runner=FakeRsync((rc, "", "boom")))
     assert err.value.kind == "error"
     assert f"exit {rc}" in err.value.message and words in err.value.message and "boom" in err.value.message
-    assert not (dest / ".grus-sync.json").exists()
+    marker = json.loads((dest / ".grus-sync.json").read_text())
+    assert marker["state"] == "failed" and "time" not in marker and f"exit {rc}" in marker["error"]
 
 
 def test_max_delete_overflow_is_refused_by_the_dry_run_before_anything_happens(setup):
@@ -675,11 +679,47 @@ def test_marker_failure_after_sync_is_its_own_kind(setup, monkeypatch):
     def broken(*_a, **_kw):
         raise OSError("No space left on device")
 
-    monkeypatch.setattr(_rsync, "write_marker", broken)
+    written = []
+
+    def broken_at_the_end(options, marker, runner=None):
+        if marker["state"] == "done":
+            raise OSError("No space left on device")
+        written.append(marker["state"])
+
+    monkeypatch.setattr(_rsync, "write_marker", broken_at_the_end)
     with pytest.raises(SyncError) as err:
         sync(make(), runner=FakeRsync((0, ITEMIZED + STATS, "")))
     assert err.value.kind == "marker" and "synced, but" in err.value.message
-    assert err.value.result.changed
+    assert err.value.result.changed and written == ["running"]
+
+
+def test_start_marker_failure_stops_before_rsync(setup, monkeypatch):
+    make, _dest = setup
+
+    def broken(*_a, **_kw):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(_rsync, "write_marker", broken)
+    fake = FakeRsync((0, ITEMIZED + STATS, ""))
+    with pytest.raises(SyncError) as err:
+        sync(make(), runner=fake)
+    assert err.value.kind == "marker" and "before syncing" in err.value.message
+    assert "nothing was synced" in err.value.message and fake.calls == []
+
+
+def test_running_marker_is_written_before_rsync_and_replaced_after(setup):
+    make, dest = setup
+    seen = []
+
+    class Watching(FakeRsync):
+        def __call__(self, argv, **kwargs):
+            seen.append(json.loads((dest / ".grus-sync.json").read_text()))
+            return super().__call__(argv, **kwargs)
+
+    result = sync(make(), runner=Watching((0, ITEMIZED + STATS, "")))
+    assert seen[0]["state"] == "running" and seen[0]["started"].endswith("Z") and "time" not in seen[0]
+    final = json.loads((dest / ".grus-sync.json").read_text())
+    assert final["state"] == "done" and final == result.marker and final["format"] == 2
 
 
 def test_allow_empty_with_no_volume_skips_rsync_and_still_marks(tmp_path):
