@@ -30,9 +30,11 @@ How a run goes, and why:
    mtime, so the copy changes exactly when these do.
 4. Prune, only after a successful create (rc 0 or 1): ``borg prune --dry-run
    --list`` first, which also lists every archive of this job with its time.
-   Clock sanity: if the newest archive lies in the future, this host's clock went
-   backwards (the ``--keep-within`` window would slide): nothing is pruned and the
-   run fails. If the prune would delete more than ``max_deletions`` archives (a
+   Clock sanity, two ways: if the newest archive lies in the future, this host's
+   clock went backwards; if this host's clock and a sync client's disagreed when
+   the client's marker landed (the marker's time against the file's ctime), one of
+   them jumped. Either way the ``--keep-within`` window would slide: nothing is
+   pruned and the run fails. If the prune would delete more than ``max_deletions`` archives (a
    clock jump forwards, a typo in the retention) nothing is pruned and the run
    fails. Space is never reclaimed here (no compact: the repository host does
    that, late).
@@ -294,8 +296,12 @@ def wait_for_syncs(markers, wait_seconds: float, clock=time.monotonic, sleep=tim
         sleep(min(SYNC_POLL_SECONDS, max(0.1, wait_seconds - waited)))
 
 
-def check_marker(marker: dict, now: datetime) -> tuple:
-    """``(report, warning or None)`` for one sync freshness marker."""
+def check_marker(marker: dict, now: datetime, written_at: float | None = None) -> tuple:
+    """``(report, warning or None)`` for one sync freshness marker.
+
+    ``clock_skew_seconds`` in the report compares this host's clock with the sync client's (see
+    :func:`check_clock_skew`); ``written_at`` stands in for the file's ctime in tests.
+    """
     path = marker["path"]
     report = {"path": path, "state": None, "time": None, "age_minutes": None, "stale": True}
     data, problem = read_marker(path)
@@ -324,6 +330,13 @@ def check_marker(marker: dict, now: datetime) -> tuple:
             when = None
     if when is None:
         return report, f"sync marker {path} has no valid time; backing up what is there"
+    try:
+        # The marker's time is the client's clock when the sync ended; the file's ctime is this
+        # host's clock when the marker landed, a second or so later. Two clocks, one moment.
+        written = os.stat(path).st_ctime if written_at is None else written_at
+        report["clock_skew_seconds"] = round(written - when.timestamp())
+    except OSError:
+        pass
     age = (now - when).total_seconds() / 60
     report.update(time=text, age_minutes=round(age, 1), stale=age > marker["max_age_minutes"])
     if report["stale"]:
@@ -332,6 +345,26 @@ def check_marker(marker: dict, now: datetime) -> tuple:
             f"(limit {marker['max_age_minutes']} min); backing up the old copy"
         )
     return report, None
+
+
+def check_clock_skew(markers, tolerance_seconds: int) -> None:
+    """Refuse to prune when this host's clock and a sync client's disagreed when its marker landed.
+
+    An independent clock: a jump of this host's clock (forwards: the retention window slides and
+    deletes archives early; backwards) shows as a skew at the next sync, 15 minutes before the run,
+    however small the jump is beyond the tolerance. Which clock is wrong cannot be told; pruning
+    waits until they agree.
+    """
+    for marker in markers:
+        skew = marker.get("clock_skew_seconds")
+        if skew is not None and abs(skew) > tolerance_seconds:
+            raise JobError(
+                "clock",
+                f"refusing to prune: this host's clock and the sync client's disagreed by {skew:+d} s when the "
+                f"marker {marker['path']} was written (it says {marker['time']}; tolerance {tolerance_seconds} s). "
+                "A clock that jumped makes the retention delete the wrong archives; fix the clocks (NTP) first. "
+                "This run's archive was made",
+            )
 
 
 # ---- the run --------------------------------------------------------------------------------
@@ -371,6 +404,7 @@ def run_job(config: JobConfig, *, now=None, timestamp=None, runner=None, do_prun
         report.archive = created["archive"]
         report.warnings.extend(created["warnings"])
         if config.prune if do_prune is None else do_prune:
+            check_clock_skew(report.markers, config.clock_tolerance)
             prune_guarded(conn, config, report, now=now)
     except JobError as exc:
         report.errors.append(f"{exc.kind}: {exc.message}")

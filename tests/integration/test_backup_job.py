@@ -133,6 +133,29 @@ def test_clock_in_the_past_makes_the_archive_but_refuses_to_prune(job):
     assert "grus-2020-01-01T00:00:00Z" in archives(job) and len(archives(job)) == 3
 
 
+def test_clock_skew_with_a_sync_client_holds_the_prune(job):
+    """This host's clock 2 h ahead of the sync client's: too small a jump for max_deletions to notice
+    (one archive due), caught by the client's marker, whose time is 2 h behind the moment it landed."""
+    assert job["run"]("--timestamp", "2020-01-01T00:00:00", "--no-prune").returncode in (0, 1)
+    marker = job["export"] / "balearica" / ".grus-sync.json"
+    client_clock = time.time() - 7200
+    marker.write_text(
+        json.dumps({"state": "done", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(client_clock))})
+    )
+    proc = job["run"]()
+    report = json.loads(proc.stdout)
+    assert proc.returncode == 2, proc.stderr
+    assert "disagreed by +720" in report["errors"][0] and "NTP" in report["errors"][0], report
+    assert report["archive"]["name"] in archives(job) and report["pruned"] == []
+    assert "grus-2020-01-01T00:00:00Z" in archives(job)  # due, within max_deletions, and still kept
+    # the clocks agree again (the next sync's marker): the prune runs
+    marker.write_text(json.dumps({"state": "done", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}))
+    time.sleep(1.1)  # archive names carry the second
+    proc = job["run"]()
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert json.loads(proc.stdout)["pruned"] == ["grus-2020-01-01T00:00:00Z"]
+
+
 def test_guard_stops_before_borg(job):
     for child in (job["export"] / "antigone" / "data").iterdir():
         child.unlink()

@@ -222,10 +222,38 @@ def test_prune_guarded_respects_zero(fake):
 
 def test_stale_marker_is_a_warning_and_backup_still_runs(fake, tmp_path):
     marker = tmp_path / "m.json"
-    write_marker(marker, NOW - timedelta(days=1))
+    written = datetime.now(timezone.utc)  # noqa: UP017
+    write_marker(marker, written)  # the sync ran, and its marker landed, a day before this run
+    report = run_job(config(markers=[{"path": str(marker), "max_age_minutes": 60}]), now=written + timedelta(days=1))
+    assert report.exit_status == EXIT_WARNING and "is stale" in report.warnings[0]
+    assert report.archive is not None and [c[1] for c in fake.calls if c[0] == "prune"] == [True]
+    assert abs(report.markers[0]["clock_skew_seconds"]) <= 2
+
+
+def test_marker_clock_skew_is_measured_from_the_files_ctime(tmp_path):
+    marker = tmp_path / "m.json"
+    write_marker(marker, NOW)
+    report, _warning = check_marker({"path": str(marker), "max_age_minutes": 60}, NOW, NOW.timestamp() + 7200)
+    assert report["clock_skew_seconds"] == 7200
+    with pytest.raises(JobError) as info:
+        _backup_job.check_clock_skew([dict(report, path=str(marker))], 300)
+    assert info.value.kind == "clock" and "+7200 s" in info.value.message and "archive was made" in info.value.message
+    _backup_job.check_clock_skew([dict(report, clock_skew_seconds=-299)], 300)
+    _backup_job.check_clock_skew([{"path": "x", "clock_skew_seconds": None}], 300)
+
+
+def test_clock_skew_with_a_client_holds_the_prune_not_the_backup(fake, tmp_path, monkeypatch):
+    fake.would_prune = 1
+    marker = tmp_path / "m.json"
+    write_marker(marker, NOW)
+    real_check = _backup_job.check_marker
+    monkeypatch.setattr(
+        _backup_job, "check_marker", lambda m, now: real_check(m, now, written_at=NOW.timestamp() + 3 * 3600)
+    )
     report = run_job(config(markers=[{"path": str(marker), "max_age_minutes": 60}]), now=NOW)
-    assert report.exit_status == EXIT_WARNING
-    assert report.archive is not None
+    assert report.exit_status == EXIT_ERROR and report.errors[0].startswith("clock: refusing to prune")
+    assert report.archive is not None and report.pruned == []
+    assert [c[0] for c in fake.calls] == ["version", "create"]  # not even the dry run
 
 
 def test_marker_states(tmp_path):
