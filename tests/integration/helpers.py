@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+import subprocess
 from pathlib import Path
 
 
@@ -46,3 +47,22 @@ def assert_names_ssh_reason(result: dict, reason: str) -> None:
     forwarded = [m for m in result.get("borg_messages", []) if "ssh:" in m or reason in m]
     if forwarded:
         assert reason in result["msg"], (result["msg"], forwarded)
+
+
+def borg_cli(args, passphrase, borg_home, rsh=None, check=True, cwd=None):
+    """Raw borg, as an operator would run it (the tests' independent view of a repository)."""
+    env = dict(
+        os.environ,
+        BORG_PASSPHRASE=passphrase,
+        BORG_BASE_DIR=str(borg_home),
+        BORG_RELOCATED_REPO_ACCESS_IS_OK="no",
+        BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK="no",
+    )
+    if rsh:
+        env["BORG_RSH"] = rsh
+    proc = subprocess.run(
+        ["borg", *args], env=env, capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL, cwd=cwd
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"borg {args} failed: {proc.stderr}")
+    return proc

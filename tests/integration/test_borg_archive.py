@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from helpers import assert_names_ssh_reason, closed_port, snapshot, ssh_repo
+from helpers import assert_names_ssh_reason, borg_cli, closed_port, snapshot, ssh_repo
 
 # ---- helpers ------------------------------------------------------------------------------------
 
@@ -36,24 +36,6 @@ def make_source(root: Path) -> Path:
     (src / "logs" / ".nobackup").write_text("")
     (src / "logs" / "access.log").write_text("GET /\n" * 1000)
     return src
-
-
-def borg_cli(args, passphrase, borg_home, rsh=None, check=True, cwd=None):
-    env = dict(
-        os.environ,
-        BORG_PASSPHRASE=passphrase,
-        BORG_BASE_DIR=str(borg_home),
-        BORG_RELOCATED_REPO_ACCESS_IS_OK="no",
-        BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK="no",
-    )
-    if rsh:
-        env["BORG_RSH"] = rsh
-    proc = subprocess.run(
-        ["borg", *args], env=env, capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL, cwd=cwd
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"borg {args} failed: {proc.stderr}")
-    return proc
 
 
 def archive_names(repo, passphrase, borg_home, rsh=None) -> list:
@@ -320,6 +302,10 @@ def test_wrong_passphrase_leaves_repository_identical(run_module, env):
         assert snapshot(env.repo) == before
 
 
+def unlocked(state: dict) -> dict:
+    return {path: digest for path, digest in state.items() if not path.startswith("lock.")}
+
+
 def test_locked_repository(run_module, env):
     env.create("nightly")
     holder = subprocess.Popen(
@@ -335,12 +321,14 @@ def test_locked_repository(run_module, env):
         while not (env.repo / "lock.exclusive").exists():
             assert holder.poll() is None and time.monotonic() < deadline, "borg with-lock did not take the lock"
             time.sleep(0.1)
-        before = snapshot(env.repo)
+        # The holder's own lock files (lock.exclusive/, lock.roster) are still being written when
+        # lock.exclusive appears: compare everything else.
+        before = unlocked(snapshot(env.repo))
         result = run_module("borg_archive", env.args(name="nightly", state="absent", lock_wait=1))
         assert result.failed
         assert result.result["cause"] == "lock_timeout"
         assert f"repository {env.repo} is locked" in result.result["msg"]
-        assert snapshot(env.repo) == before
+        assert unlocked(snapshot(env.repo)) == before
     finally:
         os.killpg(holder.pid, signal.SIGTERM)
         holder.wait(timeout=20)

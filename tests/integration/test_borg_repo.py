@@ -5,10 +5,9 @@ from __future__ import annotations
 import configparser
 import os
 import secrets
-import subprocess
 
 import pytest
-from helpers import assert_names_ssh_reason, closed_port, snapshot
+from helpers import assert_names_ssh_reason, borg_cli, closed_port, snapshot
 
 
 def idempotent(run_module, args, **changes) -> list:
@@ -36,21 +35,6 @@ def borg_home(tmp_path):
 @pytest.fixture
 def passphrase():
     return "grus-it-" + secrets.token_hex(12)
-
-
-def borg_cli(args, passphrase, borg_home, rsh=None, check=True):
-    env = dict(
-        os.environ,
-        BORG_PASSPHRASE=passphrase,
-        BORG_BASE_DIR=str(borg_home),
-        BORG_RELOCATED_REPO_ACCESS_IS_OK="no",
-        BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK="no",
-    )
-    if rsh:
-        env["BORG_RSH"] = rsh
-    return subprocess.run(
-        ["borg", *args], env=env, capture_output=True, text=True, check=check, stdin=subprocess.DEVNULL
-    )
 
 
 def test_local_repository_lifecycle(run_module, tmp_path, borg_home, passphrase):

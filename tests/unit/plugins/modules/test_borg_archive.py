@@ -7,40 +7,17 @@ import os
 import time
 
 import pytest
-from ansible.module_utils import basic
-from ansible.module_utils.testing import patch_module_args
 from ansible_collections.grus.backup.plugins.module_utils import _borg
 from ansible_collections.grus.backup.plugins.module_utils._runner import Result
 from ansible_collections.grus.backup.plugins.modules import borg_archive
+from conftest import borg_log_line, borg_subcommand
 
 SECRET = "s3cret-passphrase-for-archive-tests"  # noqa: S105 - a test value
 REPO = "ssh://backup@sarus.example.net/srv/borg/antigone"
 
 
-class ModuleExit(Exception):
-    def __init__(self, result, failed):
-        super().__init__(result)
-        self.result = result
-        self.failed = failed
-
-
-def subcommand(argv):
-    args = iter(argv[1:])
-    for arg in args:
-        if arg == "--log-json":
-            continue
-        if arg == "--lock-wait":
-            next(args)
-            continue
-        return arg
-    return None
-
-
-def log_line(message, msgid=None, levelname="ERROR", name="borg.archiver"):
-    entry = {"type": "log_message", "message": message, "levelname": levelname, "name": name}
-    if msgid:
-        entry["msgid"] = msgid
-    return json.dumps(entry) + "\n"
+subcommand = borg_subcommand
+log_line = borg_log_line
 
 
 def archive_id(name):
@@ -187,7 +164,6 @@ def fake(monkeypatch):
         return Result(result.argv, result.rc, "", result.stderr)
 
     monkeypatch.setattr(_borg, "stream", fake_stream)
-    monkeypatch.setattr(basic.AnsibleModule, "get_bin_path", lambda self, *a, **k: "/usr/bin/borg")
     yield borg
     for call in borg.calls:
         assert not any(SECRET in arg for arg in call["argv"]), call["argv"]
@@ -196,26 +172,10 @@ def fake(monkeypatch):
 
 
 @pytest.fixture
-def run_module(monkeypatch):
-    warnings = []
-
-    def exit_json(self, **result):
-        raise ModuleExit(result, failed=False)
-
-    def fail_json(self, **result):
-        raise ModuleExit(result, failed=True)
-
-    monkeypatch.setattr(basic.AnsibleModule, "exit_json", exit_json)
-    monkeypatch.setattr(basic.AnsibleModule, "fail_json", fail_json)
-    monkeypatch.setattr(basic.AnsibleModule, "warn", lambda self, w, **k: warnings.append(w))
-
+def run_module(call_module):
     def runner(args, check=False, diff=False, names_repo=True):
-        warnings.clear()
-        args = dict({"repo": REPO, "passphrase": SECRET}, **args, _ansible_check_mode=check, _ansible_diff=diff)
-        with patch_module_args(args), pytest.raises(ModuleExit) as exc:
-            borg_archive.main()
-        result = dict(exc.value.result, failed=exc.value.failed, warnings=list(warnings))
-        assert SECRET not in json.dumps(result)
+        args = dict({"repo": REPO, "passphrase": SECRET}, **args)
+        result = call_module(borg_archive.main, args, check=check, diff=diff, secret=SECRET)
         if result["failed"] and names_repo:
             assert REPO in result["msg"], result["msg"]
         return result

@@ -7,43 +7,21 @@ import json
 import os
 
 import pytest
-from ansible.module_utils import basic
-from ansible.module_utils.testing import patch_module_args
 from ansible_collections.grus.backup.plugins.module_utils import _borg
 from ansible_collections.grus.backup.plugins.module_utils._runner import Result
 from ansible_collections.grus.backup.plugins.modules import borg_repo
+from conftest import borg_log_line, borg_subcommand
 
 SECRET = "s3cret-passphrase-for-unit-tests"  # noqa: S105 - a test value
 REPO_ID = "3c" * 32
 KEY = b"BORG_KEY " + REPO_ID.encode() + b"\nhqlhbGdvcml0aG2mc2hhMjU2pG\n"
 
 
-class ModuleExit(Exception):
-    def __init__(self, result, failed):
-        super().__init__(result)
-        self.result = result
-        self.failed = failed
-
-
-def subcommand(argv):
-    args = iter(argv[1:])
-    for arg in args:
-        if arg == "--log-json":
-            continue
-        if arg == "--lock-wait":
-            next(args)
-            continue
-        if arg == "key":
-            return "key " + next(args)
-        return arg
-    return None
+subcommand = borg_subcommand
 
 
 def log_line(message, msgid=None, levelname="ERROR"):
-    entry = {"type": "log_message", "message": message, "levelname": levelname, "name": "borg.archiver"}
-    if msgid:
-        entry["msgid"] = msgid
-    return json.dumps(entry) + "\n"
+    return borg_log_line(message, msgid, levelname)
 
 
 class FakeBorg:
@@ -129,34 +107,15 @@ class FakeBorg:
 def fake(monkeypatch):
     borg = FakeBorg()
     monkeypatch.setattr(_borg, "run", borg)
-    monkeypatch.setattr(basic.AnsibleModule, "get_bin_path", lambda self, *a, **k: "/usr/bin/borg")
     yield borg
     for call in borg.calls:
         assert not any(SECRET in arg for arg in call["argv"]), call["argv"]
 
 
 @pytest.fixture
-def run_module(monkeypatch):
-    warnings = []
-
-    def exit_json(self, **result):
-        raise ModuleExit(result, failed=False)
-
-    def fail_json(self, **result):
-        raise ModuleExit(result, failed=True)
-
-    monkeypatch.setattr(basic.AnsibleModule, "exit_json", exit_json)
-    monkeypatch.setattr(basic.AnsibleModule, "fail_json", fail_json)
-    monkeypatch.setattr(basic.AnsibleModule, "warn", lambda self, w, **k: warnings.append(w))
-
+def run_module(call_module):
     def runner(args, check=False, diff=False):
-        warnings.clear()
-        args = dict(args, _ansible_check_mode=check, _ansible_diff=diff)
-        with patch_module_args(args), pytest.raises(ModuleExit) as exc:
-            borg_repo.main()
-        result = dict(exc.value.result, failed=exc.value.failed, warnings=list(warnings))
-        assert SECRET not in json.dumps(result)
-        return result
+        return call_module(borg_repo.main, args, check=check, diff=diff, secret=SECRET)
 
     return runner
 
