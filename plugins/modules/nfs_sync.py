@@ -23,9 +23,9 @@ description:
   - Two syncs never overlap; the module holds an exclusive lock on O(lock) while it runs (the same lock file
     as the scheduled job installed by the C(grus.backup.sync_client) role) and waits up to O(lock_timeout)
     seconds for a running one.
-  - After a successful sync a JSON freshness marker is written atomically to C(dest/<marker_name>) (see
-    O(marker)). Over SSH it is sent with rsync through the same O(rsh), so the receiving key can be
-    restricted to C(rrsync).
+  - A JSON marker in C(dest/<marker_name>) tells the key holder how the copy stands (see O(marker)); it is
+    written atomically, over SSH with rsync through the same O(rsh), so the receiving key can be restricted
+    to C(rrsync).
   - The rsync options are built in one place, the collection's private C(_rsync) module utility, which the
     C(grus.backup.sync_client) role ships beside its systemd job; scheduled syncs and this module run the
     same rsync command.
@@ -120,10 +120,13 @@ options:
     type: int
   marker:
     description:
-      - Write the freshness marker C(dest/<marker_name>) after every successful sync (rsync exit 0 or 24)
-        that is not a check mode run. It is JSON with the time (UTC, ISO 8601), the source host, the
-        volumes, files and bytes, and the rsync exit code.
-      - After a failed or partial sync the previous marker stays, so the key holder sees the copy as stale.
+      - Write the marker C(dest/<marker_name>) on every sync that is not a check mode run. Before rsync starts
+        it says C(state=running) (with the start time), so that the key holder's backup waits for a sync
+        that overran its slot; if it cannot be written, nothing is synced. After a successful sync (rsync exit
+        0 or 24) it says C(state=done) with the time (UTC, ISO 8601), the source host, the volumes, files and
+        bytes, and the rsync exit code (the freshness the backup checks).
+      - After a failed or partial sync it says C(state=failed) with the reason (best effort; when the link is
+        down it stays C(running)); either way the key holder reports the sync and backs up the copy as it is.
       - The marker is rewritten on every run and does not count as a change, so a sync that transfers
         nothing reports RV(ignore:changed=false). It sits beside the volumes, outside what rsync sends,
         and C(/<marker_name>) is excluded, so C(--delete) never removes it.
@@ -312,7 +315,8 @@ marker_path:
 kind:
   description:
     - Why the module failed; V(usage), V(guard) (refused before rsync ran), V(lock), V(max_delete),
-      V(partial), V(error) (rsync failed) or V(marker) (synced, but the marker could not be written).
+      V(partial), V(error) (rsync failed) or V(marker) (the marker could not be written; before the sync,
+      then nothing was synced, or after it).
   returned: on failure
   type: str
   sample: guard
