@@ -52,6 +52,22 @@ docker_answers() {
   command -v docker >/dev/null 2>&1 && timeout 10 docker info >/dev/null 2>&1
 }
 
+# A podman service left by another checkout that has since been removed (its working directory or
+# its CONTAINERS_CONF file gone) starts no container any more ("conmon: Failed to get working
+# directory"): stop it, so that engine() starts a healthy one.
+stop_stale_service() {
+  local pid cwd conf
+  for pid in $(pgrep -f "podman system service --time=0 unix://$SOCKET" || true); do
+    cwd=$(readlink "/proc/$pid/cwd" 2>/dev/null || true)
+    conf=$(tr '\0' '\n' < "/proc/$pid/environ" 2>/dev/null | sed -n 's/^CONTAINERS_CONF=//p')
+    if [[ "$cwd" == *" (deleted)" ]] || { [ -n "$conf" ] && [ ! -f "$conf" ]; }; then
+      log "stopping a stale podman API service (pid $pid: working directory ${cwd:-?}, CONTAINERS_CONF ${conf:-unset})"
+      kill "$pid" 2>/dev/null || true
+      for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    fi
+  done
+}
+
 engine() {
   if [ -z "${DOCKER_HOST:-}" ] && [ -S /var/run/docker.sock ] && docker_answers; then
     log "using the Docker engine that answers at /var/run/docker.sock"
@@ -60,10 +76,13 @@ engine() {
   fi
   command -v podman >/dev/null || "$here/host-deps.sh"
   containers_conf
+  stop_stale_service
   if ! curl -sf --unix-socket "$SOCKET" http://d/_ping >/dev/null 2>&1; then
     mkdir -p "$(dirname "$SOCKET")"
     log "starting podman's Docker-compatible API on unix://$SOCKET"
-    setsid nohup env CONTAINERS_CONF="$CONTAINERS_CONF" podman system service --time=0 "unix://$SOCKET" \
+    # From /: conmon inherits the service's working directory, and a checkout that is later
+    # removed (a CI clone) would leave a service whose every container start fails.
+    setsid nohup env --chdir=/ CONTAINERS_CONF="$CONTAINERS_CONF" podman system service --time=0 "unix://$SOCKET" \
       > "$state/podman-service.log" 2>&1 < /dev/null &
     echo $! > "$state/podman-service.pid"
     for _ in $(seq 1 100); do
