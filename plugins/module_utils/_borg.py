@@ -352,7 +352,7 @@ def check_borg_version(version: tuple) -> None:
 
 # Where the version of each borg binary is remembered, so that a module call or a
 # scheduled run does not pay a whole borg start-up (about 0.3 s) just to ask it.
-# None: never cache (unit tests). Keyed by the binary's path, size, mtime and inode.
+# "": never cache (unit tests). Keyed by the binary's path, size, mtime and inode.
 VERSION_CACHE = "~/.cache/grus-backup/borg-version.json"
 
 
@@ -379,21 +379,17 @@ def cached_borg_version(borg: str = "borg", runner=None, cache=None) -> str:
     if not real:
         return borg_version(borg, runner=runner)
     path = os.path.expanduser(cache)
-    with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
-        with open(path, encoding="utf-8") as handle:
-            entry = json.load(handle).get(real, {})
-        if entry.get("identity") == identity:
-            version = parse_borg_version(entry.get("version"))
-            check_borg_version(version)
-            return ".".join(str(part) for part in version)
+    known = {}
+    with contextlib.suppress(OSError, ValueError), open(path, encoding="utf-8") as handle:
+        known = json.load(handle)
+    known = known if isinstance(known, dict) else {}
+    entry = known.get(real)
+    if isinstance(entry, dict) and entry.get("identity") == identity and isinstance(entry.get("version"), str):
+        version = parse_borg_version(entry["version"])
+        check_borg_version(version)
+        return ".".join(str(part) for part in version)
     shown = borg_version(borg, runner=runner)
-    with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
-        try:
-            with open(path, encoding="utf-8") as handle:
-                known = json.load(handle)
-        except (OSError, ValueError):
-            known = {}
-        known = known if isinstance(known, dict) else {}
+    with contextlib.suppress(OSError):
         known[real] = {"identity": identity, "version": shown}
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".borg-version.")
@@ -810,17 +806,15 @@ def parse_json_output(stdout: str) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def parse_json_lines(stdout: str) -> list:
-    """The items of ``--json-lines`` output."""
-    items = []
-    for raw in (stdout or "").splitlines():
-        line = raw.strip()
-        if line:
-            try:
-                items.append(json.loads(line))
-            except ValueError as exc:
-                raise BorgError(f"borg printed a line that is not JSON: {exc}", cause="bad_output") from exc
-    return items
+def parse_json_line(raw: str):
+    """One item of ``--json-lines`` output (``None`` for a blank line)."""
+    line = raw.strip()
+    if not line:
+        return None
+    try:
+        return json.loads(line)
+    except ValueError as exc:
+        raise BorgError(f"borg printed a line that is not JSON: {exc}", cause="bad_output") from exc
 
 
 def log_messages(logs, levels=("WARNING", "ERROR", "CRITICAL")) -> list:
@@ -1082,14 +1076,8 @@ def archive_items(conn: BorgRepo, name: str, paths=(), keep=None) -> list:
     kept = []
 
     def on_line(line):
-        line = line.strip()
-        if not line:
-            return
-        try:
-            item = json.loads(line)
-        except ValueError as exc:
-            raise BorgError(f"borg printed a line that is not JSON: {exc}", cause="bad_output") from exc
-        value = item if keep is None else keep(item)
+        item = parse_json_line(line)
+        value = item if keep is None or item is None else keep(item)
         if value is not None:
             kept.append(value)
 

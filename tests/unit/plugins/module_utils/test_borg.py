@@ -735,8 +735,14 @@ def test_parse_json_output_errors():
     with pytest.raises(_borg.BorgError):
         _borg.parse_json_output("not json")
     with pytest.raises(_borg.BorgError):
-        _borg.parse_json_lines('{"a": 1}\nnope')
-    assert _borg.parse_json_lines('{"a": 1}\n\n{"b": 2}\n') == [{"a": 1}, {"b": 2}]
+        _borg.parse_json_line("nope")
+    assert _borg.parse_json_line('{"a": 1}\n') == {"a": 1} and _borg.parse_json_line("  \n") is None
+    stream = FakeRunner(result(0, '{"path": "a"}\n\n{"path": "b"}\n'))
+    assert _borg.archive_items(conn(stream), "x") == [{"path": "a"}, {"path": "b"}]
+    assert _borg.archive_items(conn(FakeRunner(result(0, '{"path": "a"}\n'))), "x", keep=lambda i: None) == []
+    with pytest.raises(_borg.BorgError) as err:
+        _borg.archive_items(conn(FakeRunner(result(0, '{"path": "a"}\nnot json\n'))), "x")
+    assert err.value.cause == "bad_output"
 
 
 # ------------------------------------------------------------------ local repository config, restore planning
