@@ -1191,11 +1191,6 @@ def restore_entry(item: dict, strip_components=0) -> dict | None:
     return entry
 
 
-def restore_plan(items, strip_components=0) -> list:
-    """Items as they land under the target: dicts with ``target`` relative to dest."""
-    return [e for e in (restore_entry(i, strip_components) for i in items) if e is not None]
-
-
 def restored_totals(dest: str) -> dict:
     """Files (every entry that is not a directory) and bytes (regular files) under ``dest``,
     counted on disk after a restore into an empty directory."""

@@ -559,13 +559,8 @@ def _utc_iso(timestamp: float) -> str:
 def build_marker(options: SyncOptions, volumes, stats: dict, rsync_rc: int, started: float, finished: float) -> dict:
     """The freshness marker: when, from where, what, and how rsync ended. No secrets, no rsh."""
     return {
-        "format": MARKER_FORMAT,
-        "writer": "grus.backup.nfs_sync",
-        "state": "done",
+        **build_progress_marker(options, "done", started),
         "time": _utc_iso(finished),
-        "started": _utc_iso(started),
-        "source_host": options.source_host or socket.gethostname(),
-        "source": options.src,
         "volumes": list(volumes),
         "files": stats.get("files", 0),
         "files_transferred": stats.get("files_transferred", 0),
@@ -577,7 +572,7 @@ def build_marker(options: SyncOptions, volumes, stats: dict, rsync_rc: int, star
 
 
 def build_progress_marker(options: SyncOptions, state: str, started: float, error: str | None = None) -> dict:
-    """The marker of a sync under way (``running``) or one that failed (``failed``)."""
+    """The marker's common part, all of a sync under way (``running``) or one that ``failed``."""
     marker = {
         "format": MARKER_FORMAT,
         "writer": "grus.backup.nfs_sync",

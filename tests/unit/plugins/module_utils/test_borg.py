@@ -770,7 +770,7 @@ def test_restore_plan_totals_and_differences(tmp_path):
         {"path": "srv/data/a", "type": "-", "size": 3, "mtime": _iso(mtime)},
         {"path": "srv/data/l", "type": "l", "linktarget": "a", "size": 0},
     ]
-    plan = _borg.restore_plan(items, strip_components=1)
+    plan = [e for e in (_borg.restore_entry(i, strip_components=1) for i in items) if e is not None]
     assert [i["target"] for i in plan] == ["data", "data/a", "data/l"]
     assert _borg.restore_totals(plan) == {"files": 2, "bytes": 3, "entries": 3}
     assert _borg.restore_differences(plan, str(tmp_path)) == ["data", "data/a", "data/l"]
