@@ -242,7 +242,9 @@ class SyncResult:
     stderr: str = ""
 
     def to_dict(self) -> dict:
-        data = asdict(self)
+        # Field by field, not dataclasses.asdict: asdict deep-copies every Change, which
+        # costs 0.3 s on a first sync of 20,000 files (bench/) for a dict that is only serialised.
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["changes"] = [c.line for c in self.changes]
         return data
 

@@ -363,26 +363,26 @@ ARGUMENT_SPEC = dict(
 
 
 def result_fields(result) -> dict:
-    data = result.to_dict()
-    changes = data["changes"]
+    # Read from the result directly: a first sync lists every file, and only the first
+    # MAX_REPORTED_CHANGES are returned, so only those are turned into lines.
     out = {
         "changed": result.changed,
-        "volumes": data["volumes"],
-        "excluded_volumes": data["excluded_volumes"],
-        "marker": data["marker"],
-        "stats": data["stats"],
+        "volumes": result.volumes,
+        "excluded_volumes": result.excluded_volumes,
+        "marker": result.marker,
+        "stats": result.stats,
     }
-    if data["argv"]:
+    if result.argv:
         out.update(
-            cmd=data["argv"],
-            rsync_rc=data["rsync_rc"],
-            rsync_status=data["rsync_status"],
-            changes=changes[:MAX_REPORTED_CHANGES],
-            changes_count=len(changes),
-            stderr=data["stderr"],
+            cmd=result.argv,
+            rsync_rc=result.rsync_rc,
+            rsync_status=result.rsync_status,
+            changes=[change.line for change in result.changes[:MAX_REPORTED_CHANGES]],
+            changes_count=len(result.changes),
+            stderr=result.stderr,
         )
-    if data["marker_path"]:
-        out["marker_path"] = data["marker_path"]
+    if result.marker_path:
+        out["marker_path"] = result.marker_path
     return out
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -41,6 +42,7 @@ def bench_run(tmp_path_factory):
         "--size", "3M",
         "--files", "150",
         "--runs", "1",
+        "--repeat", "2",
         "--startup-samples", "0",
         "--skip", "files-cache",
         "--skip", "changed",
@@ -80,16 +82,25 @@ def test_bench_report_has_sane_ratios(bench_run):
     for key in ALWAYS_MEASURED:
         comp = comps[key]
         assert comp["measured"], key
-        assert len(comp["ours"]["samples_s"]) == len(comp["raw"]["samples_s"]) == 1, key
+        # the cheap unchanged re-runs are measured --repeat times a round, the rest once
+        pairs = 2 if key.endswith("unchanged") else 1
+        assert len(comp["ours"]["samples_s"]) == len(comp["raw"]["samples_s"]) == pairs, key
         assert comp["ours"]["median_s"] > 0 and comp["raw"]["median_s"] > 0, key
         assert comp["ratio"] == pytest.approx(comp["ours"]["median_s"] / comp["raw"]["median_s"], rel=0.01), key
         assert 0 < comp["ours"]["peak_rss_mb"] < 4096 and 0 < comp["raw"]["peak_rss_mb"] < 4096, key
+        # verdicts read the median of the per-pair ratios
+        paired = comp["paired"]
+        assert paired["pairs"] == pairs, key
+        assert paired["ratio"] == pytest.approx(statistics.median(comp["per_pair_ratios"]), abs=0.002), key
+        assert paired["ratio_range"][0] <= paired["ratio"] <= paired["ratio_range"][1], key
         if key.startswith(("archive", "sync", "extract")):
-            # modules: the same figure net of Ansible's start-up is there too
+            # modules: the same figures net of Ansible's start-up, a ping measured right after each call
             assert comp["startup"] == "ansible", key
             assert comp["net_ratio"] == pytest.approx(
                 (comp["ours"]["median_s"] - report["startup"]["median_s"]) / comp["raw"]["median_s"], abs=0.01
             ), key
+            assert paired["net_ratio"] < paired["ratio"], key
+            assert paired["net_diff_s"] < paired["diff_s"], key
     # a no-op sync is reported as such by nfs_sync
     assert not any("reported changed" in n for n in comps["sync_unchanged"]["notes"])
     assert not comps["archive_changed"]["measured"]
@@ -98,6 +109,9 @@ def test_bench_report_has_sane_ratios(bench_run):
     verdicts = {t["comparison"]: t["verdict"] for t in report["targets"]}
     for key in ALWAYS_MEASURED & set(verdicts):
         assert verdicts[key] in ("PASS", "FAIL"), key
+    # every module call was followed by its own start-up sample (and no --startup-samples were asked)
+    module_calls = sum(len(comps[k]["ours"]["samples_s"]) for k in comps if comps[k].get("startup") == "ansible")
+    assert len(report["startup"]["samples_s"]) >= module_calls
     dedup = report["dedup"]
     assert dedup["archives"] == 2
     assert dedup["one_compressed_copy_bytes"] > 0
@@ -109,7 +123,8 @@ def test_bench_markdown_table(bench_run):
     proc, out, _work = bench_run
     assert proc.returncode == 0, proc.stderr[-4000:]
     text = (out / "latest.md").read_text()
-    assert "| comparison | ours (s) | raw (s) | ratio |" in text
+    assert "| comparison | pairs | ours (s) | raw (s) | ratio (range) |" in text
+    assert "| target | pairs | value | verdict | net of start-up |" in text
     assert "borg_archive present, first run" in text
     assert "Dedup:" in text
     # the console shows a verdict per target
