@@ -29,7 +29,8 @@ How a run goes, and why:
    NFS server's inode numbers are not stable; rsync itself decides by size and
    mtime, so the copy changes exactly when these do.
 4. Prune, only after a successful create (rc 0 or 1): ``borg prune --dry-run
-   --list`` first, which also lists every archive of this job with its time.
+   --list`` first, which also lists every archive of this job with its time,
+   then ``borg delete`` of exactly the archives it planned.
    Clock sanity, two ways: if the newest archive lies in the future, this host's
    clock went backwards; if this host's clock and a sync client's disagreed when
    the client's marker landed (the marker's time against the file's ctime), one of
@@ -59,6 +60,7 @@ from ._borg import (
     BorgRepo,
     cached_borg_version,
     create_archive,
+    delete_planned,
     prune,
     validate_retention,
 )
@@ -414,7 +416,8 @@ def run_job(config: JobConfig, *, now=None, timestamp=None, runner=None, do_prun
 
 
 def prune_guarded(conn: BorgRepo, config: JobConfig, report: JobReport, now=None) -> None:
-    """Dry run, clock check, count, then the real prune; never more than ``max_deletions`` archives.
+    """Dry run, clock check, count, then delete exactly the planned archives (never more than
+    ``max_deletions``, never one the checks did not see).
 
     The dry run's list names every archive of the job with its time: it is the listing the
     clock check reads, so a run costs one borg call besides the create when nothing is due.
@@ -433,10 +436,9 @@ def prune_guarded(conn: BorgRepo, config: JobConfig, report: JobReport, now=None
     if not plan["pruned"]:
         report.kept = [a["name"] for a in plan["kept"]]
         return
-    done = prune(conn, config.retention, match_archives=config.archive_prefix, archives=())
-    report.pruned = [a["name"] for a in done["pruned"]]
-    report.kept = [a["name"] for a in done["kept"]]
-    report.warnings.extend(done["warnings"])
+    report.warnings.extend(delete_planned(conn, plan))
+    report.pruned = [a["name"] for a in plan["pruned"]]
+    report.kept = [a["name"] for a in plan["kept"]]
 
 
 # ---- entry point ----------------------------------------------------------------------------

@@ -734,6 +734,19 @@ def delete_argv(repo, name, *, dry_run=False, borg="borg", lock_wait=None) -> li
     return borg_argv([*command, "--", archive_ref(repo, name)], borg=borg, lock_wait=lock_wait)
 
 
+def delete_planned_argv(repo, names, *, borg="borg", lock_wait=None) -> list:
+    """``borg delete -- REPO NAME...`` (borg >= 1.2): exactly these archives, in one transaction.
+
+    What a prune's dry run planned, and nothing else: a second ``borg prune`` would apply the
+    retention again, and an archive that crossed its boundary in between would go too. Never
+    without a name: ``borg delete REPO`` alone deletes the whole repository.
+    """
+    names = [str(n) for n in names]
+    if not names or not all(names):
+        raise BorgError("refusing to build a delete without archive names", cause="invalid_input")
+    return borg_argv(["delete", "--", repo, *names], borg=borg, lock_wait=lock_wait)
+
+
 def extract_argv(
     repo, name, paths=(), *, strip_components=0, dry_run=False, list_files=False, borg="borg", lock_wait=None
 ) -> list:
@@ -1151,6 +1164,15 @@ def prune(conn: BorgRepo, retention: dict, match_archives=None, dry_run=False, a
 def delete_archive(conn: BorgRepo, name: str) -> list:
     """``borg delete REPO::NAME``; returns warnings."""
     return conn.run(delete_argv(conn.repo, name, **conn.argv_kwargs()), archive=name).warnings
+
+
+def delete_planned(conn: BorgRepo, plan: dict) -> list:
+    """Delete the archives a prune dry run planned (``plan["pruned"]``); returns warnings.
+
+    borg warns (rc 1) about a planned archive that is already gone, and deletes the rest.
+    """
+    names = [archive["name"] for archive in plan["pruned"]]
+    return conn.run(delete_planned_argv(conn.repo, names, **conn.argv_kwargs())).warnings
 
 
 def extract(conn: BorgRepo, name: str, dest: str, paths=(), strip_components=0, dry_run=False) -> list:

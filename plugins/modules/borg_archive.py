@@ -156,6 +156,8 @@ options:
     description:
       - With V(pruned), the most archives one run may delete. When the plan (a C(--dry-run) first) would
         delete more, the module fails and deletes nothing.
+      - Otherwise exactly the planned archives are deleted (C(borg delete) of their names, one transaction),
+        so an archive that crosses the retention boundary after the plan is left for the next run.
       - Not set means no limit.
     type: int
   max_files:
@@ -357,6 +359,7 @@ from ansible_collections.grus.backup.plugins.module_utils._borg import (
     check_restore_dest,
     create_archive,
     delete_archive,
+    delete_planned,
     extract,
     has_placeholder,
     list_archives,
@@ -647,12 +650,11 @@ def state_pruned(conn, params, check_mode, diff):
     result["changed"] = True
     if check_mode:
         return result
-    done = prune(conn, retention, match_archives=match, archives=archives)
-    result["warnings"] += done["warnings"]
-    result["pruned"], result["kept"] = done["pruned"], done["kept"]
-    result["changed"] = bool(done["pruned"])
+    # Exactly what the dry run planned and the guard counted: a second prune would apply the
+    # retention again, and an archive that crossed its boundary meanwhile would go too.
+    result["warnings"] += delete_planned(conn, plan)
     remaining = {a["id"] for a in list_archives(conn, match_archives=match)}
-    still = [a["name"] for a in done["pruned"] if a["id"] in remaining]
+    still = [a["name"] for a in plan["pruned"] if a["id"] in remaining]
     if still:
         raise BorgError(
             f"archives still listed in {conn.repo} after prune: {', '.join(still)}",

@@ -155,11 +155,15 @@ class FakeBorg:
         kept = [{"name": "new", "time": "2026-11-23T12:00:00"}, *self.archives]
         return {"pruned": pruned, "kept": kept, "warnings": []}
 
+    def delete_planned(self, conn, plan):
+        self.calls.append(("delete", [a["name"] for a in plan["pruned"]]))
+        return []
+
 
 @pytest.fixture
 def fake(monkeypatch):
     borg = FakeBorg()
-    for name in ("cached_borg_version", "create_archive", "prune"):
+    for name in ("cached_borg_version", "create_archive", "prune", "delete_planned"):
         monkeypatch.setattr(_backup_job, name, getattr(borg, name))
     return borg
 
@@ -170,14 +174,16 @@ def test_run_creates_one_archive_then_prunes(fake, tmp_path):
     report = run_job(cfg, now=NOW)
     assert report.errors == []
     # no listing before or after the create: the prune's dry run lists the archives (and their times)
-    assert [c[0] for c in fake.calls] == ["version", "create", "prune", "prune"]
+    assert [c[0] for c in fake.calls] == ["version", "create", "prune", "delete"]
     create = fake.calls[1]
     assert create[1] == "grus-2026-11-23T12:00:00Z"
     assert create[2] == ("/srv/export",) and create[3] == "mtime,size"
     assert create[4] == ("sh:/srv/export/*/connection-logs",)
-    assert [c[1] for c in fake.calls if c[0] == "prune"] == [True, False]
+    assert [c[1] for c in fake.calls if c[0] == "prune"] == [True]
     # names and times come from borg's prune lines, not from a separate listing
-    assert [c[3] for c in fake.calls if c[0] == "prune"] == [(), ()]
+    assert [c[3] for c in fake.calls if c[0] == "prune"] == [()]
+    # exactly the planned archives are deleted: no second prune that could apply the retention anew
+    assert fake.calls[-1] == ("delete", ["old0", "old1"])
     assert report.pruned == ["old0", "old1"] and report.exit_status == EXIT_OK
 
 
@@ -185,8 +191,9 @@ def test_prune_guard_refuses_too_many(fake):
     fake.would_prune = 3
     report = run_job(config(max_deletions=2), now=NOW)
     assert report.exit_status == EXIT_ERROR and "max_deletions" in report.errors[0]
-    # the dry run only: the real prune never ran
+    # the dry run only: nothing was deleted
     assert [c[1] for c in fake.calls if c[0] == "prune"] == [True]
+    assert not [c for c in fake.calls if c[0] == "delete"]
     assert report.archive == {"name": "grus-2026-11-23T12:00:00Z"}
 
 
@@ -207,8 +214,9 @@ def test_clock_wrong_archive_made_but_nothing_pruned(fake):
     assert [c[1] for c in fake.calls if c[0] == "prune"] == [True] and report.pruned == []
 
 
-def test_nothing_to_prune_skips_real_prune(fake):
+def test_nothing_to_prune_skips_the_delete(fake):
     report = run_job(config(), now=NOW)
+    assert [c[0] for c in fake.calls] == ["version", "create", "prune"]
     assert [c[1] for c in fake.calls if c[0] == "prune"] == [True]
     assert report.kept == ["new"] and report.pruned == []
 

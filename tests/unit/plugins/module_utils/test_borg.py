@@ -283,6 +283,15 @@ def test_delete_extract_list_key_config_argv():
     assert _borg.delete_argv("/r", "a 1")[-2:] == ["--", "/r::a 1"]
     with pytest.raises(_borg.BorgError):
         _borg.delete_argv("/r", "")
+
+
+def test_delete_planned_argv_names_every_archive_and_never_none():
+    argv = _borg.delete_planned_argv("/r", ["a 1", "-b"], lock_wait=5)
+    assert argv == ["borg", "--log-json", "--lock-wait", "5", "delete", "--", "/r", "a 1", "-b"]
+    # "borg delete REPO" alone would delete the whole repository
+    for names in ([], [""], ["a", ""]):
+        with pytest.raises(_borg.BorgError):
+            _borg.delete_planned_argv("/r", names)
     ext = _borg.extract_argv("/r", "a", ["srv/data"], strip_components=2, dry_run=True)
     assert ext[ext.index("--strip-components") + 1] == "2" and "--dry-run" in ext
     assert ext[-3:] == ["--", "/r::a", "srv/data"]
@@ -510,7 +519,8 @@ def test_every_operation_keeps_the_secret_out_of_argv(tmp_path):
     _borg.set_repo_config(c, "append_only", 1)
     _borg.init_repository(c, "keyfile-blake2")
     _borg.archive_items(c, "a")
-    assert len(runner.calls) == 8
+    _borg.delete_planned(c, {"pruned": [{"name": "a"}]})
+    assert len(runner.calls) == 9
     for call in runner.calls:
         assert not any(SECRET in arg for arg in call["argv"]), call["argv"]
         assert call["env"]["BORG_PASSPHRASE"] == SECRET

@@ -102,8 +102,11 @@ class FakeBorg:
         return Result(argv, self.create_rc, json.dumps(out), err)
 
     def do_delete(self, argv, cwd):
-        name = argv[-1].split("::", 1)[1]
-        self.archives = [a for a in self.archives if a["name"] != name]
+        targets = argv[argv.index("--") + 1 :]
+        # REPO::NAME (one archive) or REPO NAME... (the names a prune planned)
+        names = {targets[0].split("::", 1)[1]} if "::" in targets[0] else set(targets[1:])
+        assert names, "borg delete without an archive deletes the repository"
+        self.archives = [a for a in self.archives if a["name"] not in names]
         return Result(argv, 0, "", "")
 
     def do_prune(self, argv, cwd):
@@ -324,11 +327,32 @@ def test_prune_plan_and_apply(fake, run_module):
     result = run_module({"state": "pruned", "keep_daily": 1, "match_archives": "n-"})
     assert result["changed"] is True and [a["name"] for a in result["pruned"]] == ["n-2", "n-1"]
     assert [a["name"] for a in fake.archives] == ["n-3"]
-    assert ["--dry-run" in c["argv"] for c in fake.calls_of("prune")] == [True, True, False]
+    # the dry run plans, then exactly the planned names are deleted (no second prune)
+    assert ["--dry-run" in c["argv"] for c in fake.calls_of("prune")] == [True, True]
+    deletes = fake.calls_of("delete")
+    assert len(deletes) == 1 and deletes[0]["argv"][-4:] == ["--", REPO, "n-2", "n-1"]
     assert all("compact" not in c["argv"] for c in fake.calls)
 
     result = run_module({"state": "pruned", "keep_daily": 1, "match_archives": "n-"})
     assert result["changed"] is False and result["pruned"] == []
+
+
+def test_prune_deletes_only_what_the_plan_saw(fake, run_module):
+    """An archive that crosses the retention boundary between the plan and the deletion stays."""
+    for day in (1, 2, 3):
+        fake.add(f"n-{day}", day)
+    real_prune = fake.do_prune
+
+    def prune_then_age(argv, cwd):
+        out = real_prune(argv, cwd)
+        fake.prune_would_delete = ["n-1", "n-2"]  # what a second prune would now also want
+        return out
+
+    fake.prune_would_delete = ["n-1"]
+    fake.do_prune = prune_then_age
+    result = run_module({"state": "pruned", "keep_daily": 2, "max_deletions": 1})
+    assert result["changed"] is True and [a["name"] for a in result["pruned"]] == ["n-1"]
+    assert [a["name"] for a in fake.archives] == ["n-2", "n-3"]
 
 
 def test_max_deletions_guard_deletes_nothing(fake, run_module):
@@ -338,7 +362,7 @@ def test_max_deletions_guard_deletes_nothing(fake, run_module):
     assert result["failed"] and result["cause"] == "max_deletions"
     assert "would delete 4 archives" in result["msg"]
     assert [("--dry-run" in c["argv"]) for c in fake.calls_of("prune")] == [True]
-    assert len(fake.archives) == 5
+    assert fake.calls_of("delete") == [] and len(fake.archives) == 5
 
 
 # ---------------------------------------------------------------------- extracted
