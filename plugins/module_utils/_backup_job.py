@@ -391,18 +391,7 @@ def run_job(config: JobConfig, *, now=None, timestamp=None, runner=None, do_prun
         if timestamp:
             moment = datetime.strptime(timestamp, ARCHIVE_TIME_FORMAT).replace(tzinfo=timezone.utc)  # noqa: UP017
             borg_timestamp = timestamp
-        name = archive_name(config.archive_prefix, moment)
-        created = create_archive(
-            conn,
-            name,
-            config.paths,
-            exclude=config.exclude,
-            compression=config.compression,
-            files_cache=config.files_cache,
-            one_file_system=config.one_file_system,
-            timestamp=borg_timestamp,
-            comment=f"grus.backup scheduled run on {socket.gethostname()}",
-        )
+        created = create_named_by_second(config, conn, moment, borg_timestamp)
         report.archive = created["archive"]
         report.warnings.extend(created["warnings"])
         if config.prune if do_prune is None else do_prune:
@@ -413,6 +402,37 @@ def run_job(config: JobConfig, *, now=None, timestamp=None, runner=None, do_prun
     except BorgError as exc:
         report.errors.append(f"borg ({exc.cause}): {exc.message}")
     return report
+
+
+def create_named_by_second(config: JobConfig, conn: BorgRepo, moment: datetime, borg_timestamp=None) -> dict:
+    """``borg create`` of the archive named after ``moment``, to the second.
+
+    A run that ended within the second this one started (``backup_now`` right after the timer, a
+    drill) holds that name: borg refuses it before reading any file, and this run takes the next
+    second's name instead of failing. An explicit ``--timestamp`` names one archive: a clash there
+    is an error.
+    """
+
+    def create(at: datetime) -> dict:
+        return create_archive(
+            conn,
+            archive_name(config.archive_prefix, at),
+            config.paths,
+            exclude=config.exclude,
+            compression=config.compression,
+            files_cache=config.files_cache,
+            one_file_system=config.one_file_system,
+            timestamp=borg_timestamp,
+            comment=f"grus.backup scheduled run on {socket.gethostname()}",
+        )
+
+    try:
+        return create(moment)
+    except BorgError as exc:
+        if exc.cause != "archive_exists" or borg_timestamp:
+            raise
+    time.sleep(1.0 - time.time() % 1.0)  # into the next second
+    return create(max(datetime.now(timezone.utc), moment + timedelta(seconds=1)))  # noqa: UP017
 
 
 def prune_guarded(conn: BorgRepo, config: JobConfig, report: JobReport, now=None) -> None:

@@ -22,6 +22,7 @@ from ansible_collections.grus.backup.plugins.module_utils._backup_job import (
     prune_guarded,
     run_job,
 )
+from ansible_collections.grus.backup.plugins.module_utils._borg import BorgError
 
 NOW = datetime(2026, 11, 23, 12, 0, 0, tzinfo=timezone.utc)  # noqa: UP017
 
@@ -139,6 +140,7 @@ class FakeBorg:
     def __init__(self, archives=(), would_prune=0):
         self.archives = list(archives)
         self.would_prune = would_prune
+        self.existing = set()  # archive names a run in the same second already took
         self.calls = []
 
     def cached_borg_version(self, borg, runner=None):
@@ -147,6 +149,8 @@ class FakeBorg:
 
     def create_archive(self, conn, name, paths, **options):
         self.calls.append(("create", name, tuple(paths), options["files_cache"], tuple(options["exclude"])))
+        if name in self.existing:
+            raise BorgError(f"archive {name} already exists", cause="archive_exists", rc=30)
         return {"archive": {"name": name}, "warnings": []}
 
     def prune(self, conn, retention, match_archives=None, dry_run=False, archives=None):
@@ -185,6 +189,24 @@ def test_run_creates_one_archive_then_prunes(fake, tmp_path):
     # exactly the planned archives are deleted: no second prune that could apply the retention anew
     assert fake.calls[-1] == ("delete", ["old0", "old1"])
     assert report.pruned == ["old0", "old1"] and report.exit_status == EXIT_OK
+
+
+def test_a_name_taken_in_the_same_second_moves_to_the_next_second(fake):
+    fake.existing = {"grus-2026-11-23T12:00:00Z"}
+    before = datetime.now(timezone.utc).replace(microsecond=0)  # noqa: UP017
+    report = run_job(config(), now=NOW)
+    assert report.errors == [] and [c[0] for c in fake.calls] == ["version", "create", "create", "prune"]
+    second = fake.calls[2][1]
+    assert second != "grus-2026-11-23T12:00:00Z" and report.archive == {"name": second}
+    # the retry's name is a later second of the real clock (the run's own time was taken)
+    assert datetime.strptime(second, "grus-%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc) > before  # noqa: UP017
+
+
+def test_an_explicit_timestamp_that_clashes_is_an_error(fake):
+    fake.existing = {"grus-2026-11-01T04:00:00Z"}
+    report = run_job(config(), now=NOW, timestamp="2026-11-01T04:00:00")
+    assert report.exit_status == EXIT_ERROR and report.errors[0].startswith("borg (archive_exists)")
+    assert [c[0] for c in fake.calls] == ["version", "create"] and report.archive is None
 
 
 def test_prune_guard_refuses_too_many(fake):
