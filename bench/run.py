@@ -26,6 +26,7 @@ import argparse
 import contextlib
 import datetime as dt
 import json
+import math
 import os
 import platform
 import shlex
@@ -272,25 +273,49 @@ def median(values):
     return statistics.median(values) if values else None
 
 
+def median_ci(values, level=0.95):
+    """A distribution-free confidence interval for the median: ``(low, high, coverage)``.
+
+    Order statistics x_(j) <= median <= x_(n-j+1) hold with probability 1 - 2 P(B <= j-1),
+    B ~ Binomial(n, 1/2): the narrowest such pair whose coverage reaches ``level``. With too
+    few values for that (fewer than 6 at 95 %) it is the full range, with the coverage it has
+    (3 values: 75 %).
+    """
+    xs = sorted(values)
+    n = len(xs)
+
+    def coverage(j):
+        return 1 - 2 * sum(math.comb(n, i) for i in range(j)) / 2**n
+
+    j = 1
+    while j + 1 <= (n + 1) // 2 and coverage(j + 1) >= level:
+        j += 1
+    return xs[j - 1], xs[n - j], coverage(j)
+
+
+def _series(figures: dict, name: str, values: list) -> None:
+    """``name`` (the median), ``name_range`` and ``name_ci`` (see ``median_ci``)."""
+    low, high, coverage = median_ci(values)
+    figures[name] = round(median(values), 3)
+    figures[f"{name}_range"] = [round(min(values), 3), round(max(values), 3)]
+    figures[f"{name}_ci"] = [round(low, 3), round(high, 3)]
+    figures["ci_coverage"] = round(coverage, 3)
+
+
 def paired_figures(ours, raw, startups) -> dict:
-    """Medians of the per-pair figures: ours/raw, ours-raw, and both net of ours' start-up.
+    """Medians of the per-pair figures: ours/raw, ours-raw, and both net of ours' start-up,
+    each with its range and a confidence interval of the median.
 
     ``startups`` gives the start-up to subtract from each of ours (a ping measured right after
     that module call, or the job start-up's median), or None where there is none.
     """
-    ratios = [o / r for o, r in zip(ours, raw, strict=True)]
-    figures = {
-        "pairs": len(ratios),
-        "ratio": round(median(ratios), 3),
-        "ratio_range": [round(min(ratios), 3), round(max(ratios), 3)],
-        "diff_s": round(median([o - r for o, r in zip(ours, raw, strict=True)]), 3),
-    }
+    figures = {"pairs": len(ours)}
+    _series(figures, "ratio", [o / r for o, r in zip(ours, raw, strict=True)])
+    _series(figures, "diff_s", [o - r for o, r in zip(ours, raw, strict=True)])
     if all(s is not None for s in startups):
         net = [o - s for o, s in zip(ours, startups, strict=True)]
-        net_ratios = [n / r for n, r in zip(net, raw, strict=True)]
-        figures["net_ratio"] = round(median(net_ratios), 3)
-        figures["net_ratio_range"] = [round(min(net_ratios), 3), round(max(net_ratios), 3)]
-        figures["net_diff_s"] = round(median([n - r for n, r in zip(net, raw, strict=True)]), 3)
+        _series(figures, "net_ratio", [n / r for n, r in zip(net, raw, strict=True)])
+        _series(figures, "net_diff_s", [n - r for n, r in zip(net, raw, strict=True)])
     return figures
 
 
@@ -377,11 +402,18 @@ class Target:
         if self.kind == "ratio_plus_startup":
             # "ratio <= limit + start-up" is the same as "net of the start-up, ratio <= limit"
             out["verdict"] = "PASS" if net is not None and net <= self.limit else "FAIL"
+            judged = "net_ratio"
         else:
             out["verdict"] = "PASS" if value <= self.limit else "FAIL"
+            judged = "diff_s" if self.kind == "diff" else "ratio"
         if net is not None:
             out["net_value"] = net
             out["net_verdict"] = "PASS" if net <= self.limit else "FAIL"
+        # Resolved: the confidence interval of the judged median lies wholly on one side of the
+        # limit. An unresolved verdict is within this machine's noise: more pairs would tell.
+        ci = paired.get(f"{judged}_ci")
+        if ci is not None:
+            out.update(ci=ci, ci_coverage=paired["ci_coverage"], resolved=ci[1] <= self.limit or ci[0] > self.limit)
         return out
 
 
@@ -943,6 +975,15 @@ def fmt_s(value):
     return "-" if value is None else f"{value:.2f}"
 
 
+def ci_text(target: dict) -> str:
+    """``low-high (coverage), resolved|unresolved``, or ``-``."""
+    if "ci" not in target:
+        return "-"
+    low, high = target["ci"]
+    state = "resolved" if target["resolved"] else "unresolved"
+    return f"{low:g} to {high:g} ({target['ci_coverage']:.0%}), {state}"
+
+
 def markdown(report: dict) -> str:
     lines = []
     ds = report["dataset"]
@@ -996,16 +1037,22 @@ def markdown(report: dict) -> str:
         "scheduled jobs' start-up (jobs)."
     )
     lines.append("")
-    lines.append("| target | pairs | value | verdict | net of start-up |")
-    lines.append("|---|---:|---:|---|---|")
+    lines.append("| target | pairs | value | verdict | confidence interval of the judged median | net of start-up |")
+    lines.append("|---|---:|---:|---|---|---|")
     for t in report["targets"]:
         value = t.get("value")
         net = t.get("net_verdict")
         net_text = "-" if net is None else f"{net} ({t['net_value']})"
         lines.append(
             f"| {t['target']} | {t.get('pairs', '-')} | {'-' if value is None else value} | {t['verdict']} "
-            f"| {net_text} |"
+            f"| {ci_text(t)} | {net_text} |"
         )
+    lines.append("")
+    lines.append(
+        "The interval is that of the median of the per-pair figure the verdict reads (order statistics; its "
+        "coverage depends on the number of pairs: 3 pairs give the full range at 75 %). Unresolved: the "
+        "interval contains the limit, so the verdict is within this machine's noise."
+    )
     dd = report.get("dedup")
     if dd and dd.get("archives"):
         lines.append("")
@@ -1262,7 +1309,7 @@ def main(argv=None) -> int:
     print(text)
     for t in report["targets"]:
         extra = f" (net of start-up: {t['net_verdict']} {t['net_value']})" if "net_verdict" in t else ""
-        print(f"{t['verdict']:4}  {t['target']}: {t.get('value', '-')}{extra}")
+        print(f"{t['verdict']:4}  {t['target']}: {t.get('value', '-')}{extra}; interval {ci_text(t)}")
     print(f"\nreport: {out_dir / f'bench-{stamp}.json'} and .md")
     return status
 

@@ -93,6 +93,10 @@ def test_bench_report_has_sane_ratios(bench_run):
         assert paired["pairs"] == pairs, key
         assert paired["ratio"] == pytest.approx(statistics.median(comp["per_pair_ratios"]), abs=0.002), key
         assert paired["ratio_range"][0] <= paired["ratio"] <= paired["ratio_range"][1], key
+        # and a confidence interval of that median, within the range (2 pairs: the range, at 50 %)
+        assert paired["ratio_range"][0] <= paired["ratio_ci"][0] <= paired["ratio"] <= paired["ratio_ci"][1], key
+        assert paired["ratio_ci"][1] <= paired["ratio_range"][1], key
+        assert paired["ci_coverage"] == pytest.approx(1 - 2 * 0.5**pairs), key
         if key.startswith(("archive", "sync", "extract")):
             # modules: the same figures net of Ansible's start-up, a ping measured right after each call
             assert comp["startup"] == "ansible", key
@@ -106,9 +110,15 @@ def test_bench_report_has_sane_ratios(bench_run):
     assert not comps["archive_changed"]["measured"]
     job_measured = comps["job_first"]["measured"]
     assert job_measured or comps["job_first"]["notes"], "an unmeasured backup job must say why"
-    verdicts = {t["comparison"]: t["verdict"] for t in report["targets"]}
-    for key in ALWAYS_MEASURED & set(verdicts):
-        assert verdicts[key] in ("PASS", "FAIL"), key
+    targets = {t["comparison"]: t for t in report["targets"]}
+    for key in ALWAYS_MEASURED & set(targets):
+        target = targets[key]
+        assert target["verdict"] in ("PASS", "FAIL"), key
+        # resolved exactly when the interval lies on one side of the limit the verdict reads
+        low, high = target["ci"]
+        assert low <= high and isinstance(target["resolved"], bool), key
+        value = target["net_value"] if "start-up" in target["target"] else target["value"]
+        assert low <= value <= high, key
     # every module call was followed by its own start-up sample (and no --startup-samples were asked)
     module_calls = sum(len(comps[k]["ours"]["samples_s"]) for k in comps if comps[k].get("startup") == "ansible")
     assert len(report["startup"]["samples_s"]) >= module_calls
@@ -124,7 +134,8 @@ def test_bench_markdown_table(bench_run):
     assert proc.returncode == 0, proc.stderr[-4000:]
     text = (out / "latest.md").read_text()
     assert "| comparison | pairs | ours (s) | raw (s) | ratio (range) |" in text
-    assert "| target | pairs | value | verdict | net of start-up |" in text
+    assert "| target | pairs | value | verdict | confidence interval of the judged median | net of start-up |" in text
+    assert "resolved" in text
     assert "borg_archive present, first run" in text
     assert "Dedup:" in text
     # the console shows a verdict per target
