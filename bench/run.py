@@ -78,6 +78,7 @@ class Sample:
     result: dict = field(default_factory=dict)
     # For a module: the ansible.builtin.ping measured right after it (its start-up, same conditions).
     startup: Sample | None = None
+    started: float = 0.0  # time.perf_counter() at the start: which side of a pair ran first
 
 
 VERBOSE = False
@@ -127,6 +128,7 @@ def measure(argv, env=None, cwd=None, ok_rcs=(0,), timeout=TIMEOUT) -> Sample:
             proc.returncode,
             out.read().decode(errors="replace"),
             err.read().decode(errors="replace"),
+            started=start,
         )
     if VERBOSE:
         what = argv[argv.index("-m") + 1] if "-m" in argv else shlex.join(argv[:3])
@@ -302,20 +304,41 @@ def _series(figures: dict, name: str, values: list) -> None:
     figures["ci_coverage"] = round(coverage, 3)
 
 
-def paired_figures(ours, raw, startups) -> dict:
+def order_balanced(ratios, ours_first) -> float | None:
+    """The mean of the median ratio of the pairs where ours ran first and of those where the raw
+    tool did: a slowdown of whichever runs second (write-back of the first one's data, the disk's
+    own cache) cancels out, to first order. None unless both orders were measured. (An arithmetic
+    mean: a net ratio can be negative on a tiny data set.)"""
+    firsts = [r for r, first in zip(ratios, ours_first, strict=True) if first]
+    seconds = [r for r, first in zip(ratios, ours_first, strict=True) if not first]
+    if not firsts or not seconds:
+        return None
+    return round((median(firsts) + median(seconds)) / 2, 3)
+
+
+def paired_figures(ours, raw, startups, ours_first=None) -> dict:
     """Medians of the per-pair figures: ours/raw, ours-raw, and both net of ours' start-up,
-    each with its range and a confidence interval of the median.
+    each with its range and a confidence interval of the median; and, where the pairs ran in
+    both orders, the order-balanced ratios (``order_balanced``).
 
     ``startups`` gives the start-up to subtract from each of ours (a ping measured right after
     that module call, or the job start-up's median), or None where there is none.
     """
     figures = {"pairs": len(ours)}
-    _series(figures, "ratio", [o / r for o, r in zip(ours, raw, strict=True)])
+    ratios = [o / r for o, r in zip(ours, raw, strict=True)]
+    _series(figures, "ratio", ratios)
     _series(figures, "diff_s", [o - r for o, r in zip(ours, raw, strict=True)])
+    net_ratios = None
     if all(s is not None for s in startups):
         net = [o - s for o, s in zip(ours, startups, strict=True)]
-        _series(figures, "net_ratio", [n / r for n, r in zip(net, raw, strict=True)])
+        net_ratios = [n / r for n, r in zip(net, raw, strict=True)]
+        _series(figures, "net_ratio", net_ratios)
         _series(figures, "net_diff_s", [n - r for n, r in zip(net, raw, strict=True)])
+    if ours_first is not None and order_balanced(ratios, ours_first) is not None:
+        figures["ours_first_pairs"] = sum(1 for first in ours_first if first)
+        figures["balanced_ratio"] = order_balanced(ratios, ours_first)
+        if net_ratios is not None:
+            figures["balanced_net_ratio"] = order_balanced(net_ratios, ours_first)
     return figures
 
 
@@ -367,7 +390,10 @@ class Comparison:
         else:
             pair_startups = [startup_s] * len(self.ours)
         d["paired"] = paired_figures(
-            [o.seconds for o in self.ours], [r.seconds for r in self.raw], pair_startups if self.startup else [None]
+            [o.seconds for o in self.ours],
+            [r.seconds for r in self.raw],
+            pair_startups if self.startup else [None],
+            ours_first=[o.started < r.started for o, r in zip(self.ours, self.raw, strict=True)],
         )
         if startup_s is not None:
             d["startup"] = self.startup
@@ -1012,29 +1038,34 @@ def markdown(report: dict) -> str:
         )
     lines.append("")
     lines.append(
-        "| comparison | pairs | ours (s) | raw (s) | ratio (range) | net of start-up (range) | diff (s) "
-        "| net diff (s) | peak RSS ours / raw (MB) |"
+        "| comparison | pairs | ours (s) | raw (s) | ratio (range) | net of start-up (range) "
+        "| order-balanced ratio / net | diff (s) | net diff (s) | peak RSS ours / raw (MB) |"
     )
-    lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for comp in report["comparisons"]:
         if not comp.get("measured"):
-            lines.append(f"| {comp['title']} | not measured | | | | | | | |")
+            lines.append(f"| {comp['title']} | not measured | | | | | | | | |")
             continue
         p = comp["paired"]
         net = "-"
         if "net_ratio" in p:
             net = f"{p['net_ratio']:.3f} ({p['net_ratio_range'][0]:.2f}-{p['net_ratio_range'][1]:.2f})"
         net_diff = f"{p['net_diff_s']:+.2f}" if "net_diff_s" in p else "-"
+        balanced = "-"
+        if "balanced_ratio" in p:
+            balanced = f"{p['balanced_ratio']:.3f} / {p.get('balanced_net_ratio', '-')}"
         lines.append(
             f"| {comp['title']} | {p['pairs']} | {fmt_s(comp['ours']['median_s'])} | {fmt_s(comp['raw']['median_s'])} "
-            f"| {p['ratio']:.3f} ({p['ratio_range'][0]:.2f}-{p['ratio_range'][1]:.2f}) | {net} | {p['diff_s']:+.2f} "
-            f"| {net_diff} | {comp['ours']['peak_rss_mb']} / {comp['raw']['peak_rss_mb']} |"
+            f"| {p['ratio']:.3f} ({p['ratio_range'][0]:.2f}-{p['ratio_range'][1]:.2f}) | {net} | {balanced} "
+            f"| {p['diff_s']:+.2f} | {net_diff} | {comp['ours']['peak_rss_mb']} / {comp['raw']['peak_rss_mb']} |"
         )
     lines.append("")
     lines.append(
         "Ratios and differences are medians of the per-pair figures; ours (s) and raw (s) are the medians of "
         "each side. Net of start-up: less the ping measured right after each module call (modules) or the "
-        "scheduled jobs' start-up (jobs)."
+        "scheduled jobs' start-up (jobs). Order-balanced: the mean of the median ratio of the pairs "
+        "in which ours ran first and of those in which the raw tool did, which cancels a slowdown of whichever "
+        "runs second (shown where the pairs ran in both orders; the verdicts read the plain median)."
     )
     lines.append("")
     lines.append("| target | pairs | value | verdict | confidence interval of the judged median | net of start-up |")

@@ -97,6 +97,12 @@ def test_bench_report_has_sane_ratios(bench_run):
         assert paired["ratio_range"][0] <= paired["ratio_ci"][0] <= paired["ratio"] <= paired["ratio_ci"][1], key
         assert paired["ratio_ci"][1] <= paired["ratio_range"][1], key
         assert paired["ci_coverage"] == pytest.approx(1 - 2 * 0.5**pairs), key
+        if key.endswith("unchanged") and key.startswith("archive"):
+            # its 2 pairs ran in both orders: one each
+            assert paired["ours_first_pairs"] == 1, key
+            assert paired["balanced_ratio"] == pytest.approx(
+                (comp["per_pair_ratios"][0] + comp["per_pair_ratios"][1]) / 2, abs=0.002
+            ), key
         if key.startswith(("archive", "sync", "extract")):
             # modules: the same figures net of Ansible's start-up, a ping measured right after each call
             assert comp["startup"] == "ansible", key
@@ -133,7 +139,8 @@ def test_bench_markdown_table(bench_run):
     proc, out, _work = bench_run
     assert proc.returncode == 0, proc.stderr[-4000:]
     text = (out / "latest.md").read_text()
-    assert "| comparison | pairs | ours (s) | raw (s) | ratio (range) |" in text
+    assert "| comparison | pairs | ours (s) | raw (s) | ratio (range) | net of start-up (range) |" in text
+    assert "| order-balanced ratio / net |" in text
     assert "| target | pairs | value | verdict | confidence interval of the judged median | net of start-up |" in text
     assert "resolved" in text
     assert "borg_archive present, first run" in text
