@@ -306,8 +306,8 @@ def _series(figures: dict, name: str, values: list) -> None:
 
 def order_balanced(ratios, ours_first) -> float | None:
     """The mean of the median ratio of the pairs where ours ran first and of those where the raw
-    tool did: a slowdown of whichever runs second (write-back of the first one's data, the disk's
-    own cache) cancels out, to first order. None unless both orders were measured. (An arithmetic
+    tool did: a slowdown of whichever runs second (measured here, its cause outside the tools)
+    cancels out, to first order. None unless both orders were measured. (An arithmetic
     mean: a net ratio can be negative on a tiny data set.)"""
     firsts = [r for r, first in zip(ratios, ours_first, strict=True) if first]
     seconds = [r for r, first in zip(ratios, ours_first, strict=True) if not first]
@@ -334,9 +334,10 @@ def paired_figures(ours, raw, startups, ours_first=None) -> dict:
         net_ratios = [n / r for n, r in zip(net, raw, strict=True)]
         _series(figures, "net_ratio", net_ratios)
         _series(figures, "net_diff_s", [n - r for n, r in zip(net, raw, strict=True)])
-    if ours_first is not None and order_balanced(ratios, ours_first) is not None:
+    balanced = order_balanced(ratios, ours_first) if ours_first is not None else None
+    if balanced is not None:
         figures["ours_first_pairs"] = sum(1 for first in ours_first if first)
-        figures["balanced_ratio"] = order_balanced(ratios, ours_first)
+        figures["balanced_ratio"] = balanced
         if net_ratios is not None:
             figures["balanced_net_ratio"] = order_balanced(net_ratios, ours_first)
     return figures
@@ -1002,7 +1003,7 @@ def fmt_s(value):
 
 
 def ci_text(target: dict) -> str:
-    """``low-high (coverage), resolved|unresolved``, or ``-``."""
+    """``low to high (coverage), resolved|unresolved``, or ``-``."""
     if "ci" not in target:
         return "-"
     low, high = target["ci"]
