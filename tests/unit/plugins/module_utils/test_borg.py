@@ -283,15 +283,6 @@ def test_delete_extract_list_key_config_argv():
     assert _borg.delete_argv("/r", "a 1")[-2:] == ["--", "/r::a 1"]
     with pytest.raises(_borg.BorgError):
         _borg.delete_argv("/r", "")
-
-
-def test_delete_planned_argv_names_every_archive_and_never_none():
-    argv = _borg.delete_planned_argv("/r", ["a 1", "-b"], lock_wait=5)
-    assert argv == ["borg", "--log-json", "--lock-wait", "5", "delete", "--", "/r", "a 1", "-b"]
-    # "borg delete REPO" alone would delete the whole repository
-    for names in ([], [""], ["a", ""]):
-        with pytest.raises(_borg.BorgError):
-            _borg.delete_planned_argv("/r", names)
     ext = _borg.extract_argv("/r", "a", ["srv/data"], strip_components=2, dry_run=True)
     assert ext[ext.index("--strip-components") + 1] == "2" and "--dry-run" in ext
     assert ext[-3:] == ["--", "/r::a", "srv/data"]
@@ -308,6 +299,15 @@ def test_delete_planned_argv_names_every_archive_and_never_none():
         "/r",
         "storage_quota",
     ]
+
+
+def test_delete_planned_argv_names_every_archive_and_never_none():
+    argv = _borg.delete_planned_argv("/r", ["a 1", "-b"], lock_wait=5)
+    assert argv == ["borg", "--log-json", "--lock-wait", "5", "delete", "--", "/r", "a 1", "-b"]
+    # "borg delete REPO" alone would delete the whole repository
+    for names in ([], [""], ["a", ""]):
+        with pytest.raises(_borg.BorgError):
+            _borg.delete_planned_argv("/r", names)
 
 
 def test_init_argv():
