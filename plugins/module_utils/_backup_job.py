@@ -2,9 +2,12 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The key holder's scheduled backup run: guards, one archive, guarded prune.
 
+layer 7 (the top): may import _runner, _borg_failures, _borg_validate, _borg_parse, _borg_argv,
+_borg_version, _borg_repo, _prune, _marker.
+
 Private to grus.backup and pure standard library. The ``key_holder`` role ships
-this file with ``_runner.py`` and ``_borg.py`` as a plain package beside the
-systemd job, which runs:
+this file with the module utilities it imports (and nothing else) as a plain
+package beside the systemd job, which runs:
 
     python3 -m <package>._backup_job --config /etc/grus-backup/backup.json
 
@@ -28,9 +31,10 @@ How a run goes, and why:
    file with the same content and mtime gives it a new inode and ctime, and the
    NFS server's inode numbers are not stable; rsync itself decides by size and
    mtime, so the copy changes exactly when these do.
-4. Prune, only after a successful create (rc 0 or 1): ``borg prune --dry-run
-   --list`` first, which also lists every archive of this job with its time,
-   then ``borg delete`` of exactly the archives it planned.
+4. Prune, only after a successful create (rc 0 or 1), through the one guarded prune
+   (``_prune.guarded_prune``, which the borg_archive module uses too): ``borg prune
+   --dry-run --list`` first, which also lists every archive of this job with its time,
+   then ``borg delete`` of exactly the archives it planned, then a listing to verify.
    Clock sanity, two ways: if the newest archive lies in the future, this host's
    clock went backwards; if this host's clock and a sync client's disagreed when
    the client's marker landed (the marker's time against the file's ctime), one of
@@ -54,25 +58,20 @@ import time
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta, timezone
 
-from ._borg import (
-    DEFAULT_LOCK_WAIT,
-    BorgError,
-    BorgRepo,
-    cached_borg_version,
-    create_archive,
-    delete_planned,
-    prune,
-    validate_retention,
-)
+from . import _marker
+from ._borg_argv import DEFAULT_COMPRESSION, DEFAULT_LOCK_WAIT
+from ._borg_failures import BorgError
+from ._borg_repo import BorgRepo, create_archive
+from ._borg_validate import validate_retention
+from ._borg_version import cached_borg_version
+from ._prune import DEFAULT_CLOCK_TOLERANCE, DEFAULT_MAX_DELETIONS, guarded_prune
 
 EXIT_OK = 0
 EXIT_WARNING = 1
 EXIT_ERROR = 2
 
 DEFAULT_RETENTION = {"keep_within": "14d"}
-DEFAULT_MAX_DELETIONS = 12
 DEFAULT_FILES_CACHE = "mtime,size"
-DEFAULT_CLOCK_TOLERANCE = 300
 DEFAULT_MARKER_MAX_AGE = 270  # 4 h between syncs, and a margin
 DEFAULT_SYNC_WAIT = 30  # minutes to wait for a sync still running when the backup starts
 SYNC_POLL_SECONDS = 5
@@ -107,7 +106,7 @@ class JobConfig:
     markers: list = field(default_factory=list)
     marker_max_age_minutes: int = DEFAULT_MARKER_MAX_AGE
     sync_wait_minutes: float = DEFAULT_SYNC_WAIT
-    compression: str = "lz4"
+    compression: str = DEFAULT_COMPRESSION
     files_cache: str = DEFAULT_FILES_CACHE
     one_file_system: bool = False
     retention: dict = field(default_factory=lambda: dict(DEFAULT_RETENTION))
@@ -171,18 +170,8 @@ class JobConfig:
         self.markers = markers
 
     def connection(self, runner=None) -> BorgRepo:
-        return BorgRepo(
-            repo=self.repo,
-            passcommand=self.passcommand,
-            rsh=self.rsh,
-            remote_path=self.remote_path,
-            lock_wait=self.lock_wait,
-            host_id=self.host_id,
-            keys_dir=self.keys_dir,
-            base_dir=self.base_dir,
-            borg=self.borg,
-            runner=runner,
-        )
+        # The configuration's field names are the modules' option names: one way to connect.
+        return BorgRepo.from_params(vars(self), borg=self.borg, runner=runner)
 
 
 @dataclass
@@ -222,32 +211,6 @@ def archive_name(prefix: str, moment: datetime) -> str:
     return prefix + moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")  # noqa: UP017
 
 
-def parse_archive_time(text: str | None) -> datetime | None:
-    """Borg's archive time (local time, naive ISO, optional microseconds) as an aware datetime."""
-    if not text:
-        return None
-    for fmt in ("%Y-%m-%dT%H:%M:%S.%f", ARCHIVE_TIME_FORMAT):
-        try:
-            return datetime.strptime(text, fmt).astimezone()
-        except ValueError:
-            continue
-    return None
-
-
-def check_clock(archives, now: datetime, tolerance_seconds: int) -> None:
-    """Refuse when the newest archive lies in the future: this host's clock went backwards."""
-    times = [t for t in (parse_archive_time(a.get("time")) for a in archives) if t is not None]
-    if not times:
-        return
-    newest = max(times)
-    if newest > now + timedelta(seconds=tolerance_seconds):
-        raise JobError(
-            "clock",
-            f"refusing to prune: the newest archive ({newest.isoformat()}) is later than this "
-            f"host's clock ({now.isoformat()}); fix the clock (NTP) first. This run's archive was made",
-        )
-
-
 def check_sources(sources, is_mount=os.path.ismount) -> None:
     """Every source exists, is a directory, is a mount point where declared, and is not empty."""
     problems = []
@@ -265,24 +228,6 @@ def check_sources(sources, is_mount=os.path.ismount) -> None:
         raise JobError("guard", "refusing to back up: " + "; ".join(problems))
 
 
-def read_marker(path: str):
-    """The marker's JSON object, or the reason it cannot be read."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-    except FileNotFoundError:
-        return None, "missing"
-    except (OSError, ValueError) as exc:
-        return None, f"unreadable ({exc})"
-    return (data, None) if isinstance(data, dict) else (None, "unreadable (not a JSON object)")
-
-
-def marker_state(data) -> str:
-    """``running``, ``failed`` or ``done``; markers written before states existed are ``done``."""
-    state = data.get("state") if isinstance(data, dict) else None
-    return state if state in ("running", "failed") else "done"
-
-
 def wait_for_syncs(markers, wait_seconds: float, clock=time.monotonic, sleep=time.sleep) -> float:
     """Wait (at most ``wait_seconds``) while a sync client's marker says it is still running.
 
@@ -291,62 +236,11 @@ def wait_for_syncs(markers, wait_seconds: float, clock=time.monotonic, sleep=tim
     """
     start = clock()
     while True:
-        running = [m for m in markers if marker_state(read_marker(m["path"])[0]) == "running"]
+        running = [m for m in markers if _marker.is_running(m["path"])]
         waited = clock() - start
         if not running or waited >= wait_seconds:
             return waited
         sleep(min(SYNC_POLL_SECONDS, max(0.1, wait_seconds - waited)))
-
-
-def check_marker(marker: dict, now: datetime, written_at: float | None = None) -> tuple:
-    """``(report, warning or None)`` for one sync freshness marker.
-
-    ``clock_skew_seconds`` in the report compares this host's clock with the sync client's (see
-    :func:`check_clock_skew`); ``written_at`` stands in for the file's ctime in tests.
-    """
-    path = marker["path"]
-    report = {"path": path, "state": None, "time": None, "age_minutes": None, "stale": True}
-    data, problem = read_marker(path)
-    if data is None and problem == "missing":
-        return report, f"sync marker {path} is missing: that client never synced; its data may be absent"
-    if data is None:
-        return report, f"sync marker {path} is {problem}; backing up what is there"
-    state = report["state"] = marker_state(data)
-    who = data.get("source_host") or "the sync client"
-    if state == "running":
-        return report, (
-            f"the sync from {who} that started at {data.get('started')} has not finished (still running, or it "
-            f"died; marker {path}): backing up the copy as it is, possibly partly updated"
-        )
-    if state == "failed":
-        return report, (
-            f"the last sync from {who} failed at {data.get('failed')} ({data.get('error') or 'no reason given'}; "
-            f"marker {path}): backing up the copy as it is, possibly partly updated"
-        )
-    when = None
-    text = data.get("time")
-    if isinstance(text, str):
-        try:
-            when = datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)  # noqa: UP017
-        except ValueError:
-            when = None
-    if when is None:
-        return report, f"sync marker {path} has no valid time; backing up what is there"
-    try:
-        # The marker's time is the client's clock when the sync ended; the file's ctime is this
-        # host's clock when the marker landed, a second or so later. Two clocks, one moment.
-        written = os.stat(path).st_ctime if written_at is None else written_at
-        report["clock_skew_seconds"] = round(written - when.timestamp())
-    except OSError:
-        pass
-    age = (now - when).total_seconds() / 60
-    report.update(time=text, age_minutes=round(age, 1), stale=age > marker["max_age_minutes"])
-    if report["stale"]:
-        return report, (
-            f"sync marker {path} is stale: last sync {text}, {age:.0f} min ago "
-            f"(limit {marker['max_age_minutes']} min); backing up the old copy"
-        )
-    return report, None
 
 
 def check_clock_skew(markers, tolerance_seconds: int) -> None:
@@ -382,7 +276,7 @@ def run_job(config: JobConfig, *, now=None, timestamp=None, runner=None, do_prun
         report.sync_waited_seconds = round(wait_for_syncs(config.markers, config.sync_wait_minutes * 60), 1)
         now = now or datetime.now(timezone.utc)  # noqa: UP017
         for marker in config.markers:
-            marker_report, warning = check_marker(marker, now)
+            marker_report, warning = _marker.judge(marker["path"], marker["max_age_minutes"], now)
             report.markers.append(marker_report)
             if warning:
                 report.warnings.append(warning)
@@ -436,27 +330,24 @@ def create_named_by_second(config: JobConfig, conn: BorgRepo, moment: datetime, 
 
 
 def prune_guarded(conn: BorgRepo, config: JobConfig, report: JobReport, now=None) -> None:
-    """Dry run, clock check, count, then delete exactly the planned archives (never more than
-    ``max_deletions``, never one the checks did not see).
+    """The one guarded prune (``_prune.guarded_prune``) with this job's retention and limits.
 
-    The dry run's list names every archive of the job with its time: it is the listing the
-    clock check reads, so a run costs one borg call besides the create when nothing is due.
+    A refusal (clock, max_deletions) becomes a ``JobError`` that says this run's archive was made.
     """
-    now = now or datetime.now(timezone.utc)  # noqa: UP017
-    plan = prune(conn, config.retention, match_archives=config.archive_prefix, dry_run=True, archives=())
-    check_clock(plan["pruned"] + plan["kept"], now, config.clock_tolerance)
-    if len(plan["pruned"]) > config.max_deletions:
-        names = ", ".join(str(a["name"]) for a in plan["pruned"][:10])
-        raise JobError(
-            "max_deletions",
-            f"refusing to prune: the retention would delete {len(plan['pruned'])} archives, more than "
-            f"max_deletions={config.max_deletions} ({names}...); nothing was pruned. A clock that jumped "
-            "forward or a changed retention? Prune by hand with the borg_archive module once checked",
+    try:
+        plan = guarded_prune(
+            conn,
+            config.retention,
+            match_archives=config.archive_prefix,
+            max_deletions=config.max_deletions,
+            clock_tolerance=config.clock_tolerance,
+            now=now,
         )
-    if not plan["pruned"]:
-        report.kept = [a["name"] for a in plan["kept"]]
-        return
-    report.warnings.extend(delete_planned(conn, plan))
+    except BorgError as exc:
+        if exc.cause not in ("clock", "max_deletions"):
+            raise
+        raise JobError(exc.cause, f"{exc.message}. This run's archive was made") from exc
+    report.warnings.extend(plan["warnings"])
     report.pruned = [a["name"] for a in plan["pruned"]]
     report.kept = [a["name"] for a in plan["kept"]]
 

@@ -40,398 +40,30 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
-import errno
-import fcntl
-import fnmatch
 import json
 import os
-import re
-import socket
 import sys
-import tempfile
 import time
-from dataclasses import asdict, dataclass, field, fields
 
+from . import _marker
+from ._rsync_options import SyncError, SyncOptions, build_rsync_argv, dest_dir, is_excluded, split_remote
+from ._rsync_output import (
+    STATUS_ERROR,
+    STATUS_MAX_DELETE,
+    STATUS_OK,
+    STATUS_PARTIAL,
+    STATUS_VANISHED,
+    SyncResult,
+    classify_exit,
+    parse_itemized,
+    parse_stats,
+    stderr_tail,
+)
 from ._runner import CommandNotFound, run
-
-DEFAULT_MARKER_NAME = ".grus-sync.json"
-DEFAULT_LOCK = "/run/lock/grus-backup-nfs-sync.lock"
-DEFAULT_LOCK_TIMEOUT = 300
-MARKER_FORMAT = 2  # 2: the state field (running, done, failed)
+from ._sync_lock import hold_lock
 
 # Directories that exist on a freshly made file system and are never volumes.
 NOT_VOLUMES = frozenset({"lost+found"})
-
-RSYNC_EXIT_MESSAGES = {
-    0: "success",
-    1: "syntax or usage error",
-    2: "protocol incompatibility",
-    3: "errors selecting input/output files or directories",
-    4: "requested action not supported",
-    5: "error starting client-server protocol",
-    6: "daemon unable to append to log file",
-    10: "error in socket I/O",
-    11: "error in file I/O",
-    12: "error in rsync protocol data stream",
-    13: "errors with program diagnostics",
-    14: "error in IPC code",
-    20: "received SIGUSR1 or SIGINT",
-    21: "some error returned by waitpid()",
-    22: "error allocating core memory buffers",
-    23: "partial transfer due to error",
-    24: "partial transfer due to vanished source files",
-    25: "the --max-delete limit stopped deletions",
-    30: "timeout in data send/receive",
-    35: "timeout waiting for daemon connection",
-    255: "the SSH connection failed or the remote side died",
-}
-
-# rsync exit codes by meaning; everything else is a hard error.
-STATUS_OK = "ok"
-STATUS_VANISHED = "vanished"  # 24: files disappeared while being sent; normal on live volumes
-STATUS_PARTIAL = "partial"  # 23: some files could not be transferred
-STATUS_MAX_DELETE = "max_delete"  # 25
-STATUS_ERROR = "error"
-
-_BWLIMIT_RE = re.compile(r"^[0-9]+(\.[0-9]+)?[bBkKmMgGtTpP]?$")
-# [user@]host:path, host may be a bracketed IPv6 address; a slash before the colon means a local path.
-_REMOTE_RE = re.compile(r"^(?P<host>(?:[^@/:]+@)?(?:\[[^\]/]+\]|[^/:\[\]]+)):(?P<path>.*)$")
-
-
-class SyncError(Exception):
-    """A sync that did not happen, or did not complete.
-
-    ``kind`` says why: ``usage`` (bad options), ``guard`` (refused before rsync),
-    ``lock`` (another sync holds the lock), ``max_delete``, ``partial``, ``error``
-    (rsync failed) or ``marker`` (synced, but the marker could not be written).
-    ``result`` is the :class:`SyncResult` so far, when rsync ran.
-    """
-
-    def __init__(self, kind: str, message: str, result: SyncResult | None = None):
-        super().__init__(message)
-        self.kind = kind
-        self.message = message
-        self.result = result
-
-
-@dataclass
-class SyncOptions:
-    """Everything one sync needs; the field names are the nfs_sync module's option names."""
-
-    src: str
-    dest: str
-    volumes: list | None = None
-    exclude: list = field(default_factory=list)
-    delete: bool = True
-    max_delete: int | None = None
-    preserve_acls: bool = True
-    preserve_xattrs: bool = True
-    preserve_hardlinks: bool = True
-    numeric_ids: bool = True
-    bwlimit: str | None = None
-    checksum: bool = False
-    rsh: str | None = None
-    io_timeout: int | None = None
-    marker: bool = True
-    marker_name: str = DEFAULT_MARKER_NAME
-    lock: str | None = DEFAULT_LOCK
-    lock_timeout: int = DEFAULT_LOCK_TIMEOUT
-    allow_empty: bool = False
-    dry_run: bool = False
-    itemize: bool = True
-    rsync: str = "rsync"
-    source_host: str | None = None
-
-    @classmethod
-    def from_dict(cls, data: dict) -> SyncOptions:
-        """Options from a mapping with the module's option names; ``None`` means the default."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise SyncError("usage", f"unknown sync option(s): {', '.join(unknown)}")
-        for required in ("src", "dest"):
-            if not data.get(required):
-                raise SyncError("usage", f"the sync option {required!r} is required")
-        options = cls(**{k: v for k, v in data.items() if v is not None})
-        options.validate()
-        return options
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def validate(self) -> None:
-        """Normalise and check the options; raise SyncError('usage') on nonsense."""
-        if not self.src:
-            raise SyncError("usage", "src is required")
-        if not self.dest:
-            raise SyncError("usage", "dest is required")
-        self.src = os.path.abspath(os.path.expanduser(self.src))
-        host, path = split_remote(self.dest)
-        if host is None:
-            self.dest = os.path.abspath(os.path.expanduser(self.dest))
-            if self.dest == "/":
-                raise SyncError("usage", "refusing to sync into / (dest)")
-        elif self.dest.startswith("rsync://") or path.startswith(":"):
-            raise SyncError("usage", f"rsync daemon destinations are not supported (dest={self.dest}); use host:path")
-        if self.volumes is not None:
-            self.volumes = list(dict.fromkeys(str(v) for v in self.volumes))
-            for name in self.volumes:
-                check_volume_name(name)
-        self.exclude = [str(p) for p in (self.exclude or [])]
-        for pattern in self.exclude:
-            if not pattern or "\n" in pattern:
-                raise SyncError("usage", f"invalid exclude pattern {pattern!r}")
-        if self.max_delete is not None:
-            self.max_delete = int(self.max_delete)
-            if self.max_delete < 0:
-                raise SyncError("usage", "max_delete must be 0 or more")
-        if self.bwlimit is not None:
-            self.bwlimit = str(self.bwlimit).strip()
-            if not _BWLIMIT_RE.match(self.bwlimit):
-                raise SyncError("usage", f"invalid bwlimit {self.bwlimit!r}: use KiB/s, or a number with K, M or G")
-        if self.io_timeout is not None:
-            self.io_timeout = int(self.io_timeout)
-            if self.io_timeout < 0:
-                raise SyncError("usage", "io_timeout must be 0 (none) or more seconds")
-        if self.marker:
-            check_marker_name(self.marker_name)
-        self.lock_timeout = int(self.lock_timeout)
-        if self.lock_timeout < 0:
-            raise SyncError("usage", "lock_timeout must be 0 or more seconds")
-        if not self.lock:
-            self.lock = None
-        if self.rsh is not None and not str(self.rsh).strip():
-            self.rsh = None
-
-
-@dataclass
-class Change:
-    """One line of ``--itemize-changes``: ``code`` (YXcstpoguax or ``*deleting``) and the path."""
-
-    code: str
-    path: str
-    target: str | None = None
-
-    @property
-    def line(self) -> str:
-        text = f"{self.code:<11} {self.path}"
-        if self.target is not None:
-            text += (" => " if self.code.startswith("h") else " -> ") + self.target
-        return text
-
-    @property
-    def is_deletion(self) -> bool:
-        return self.code.startswith("*deleting")
-
-
-@dataclass
-class SyncResult:
-    changed: bool
-    dry_run: bool
-    volumes: list
-    excluded_volumes: list
-    argv: list
-    rsync_rc: int | None
-    rsync_status: str
-    changes: list = field(default_factory=list)
-    stats: dict = field(default_factory=dict)
-    marker: dict | None = None
-    marker_path: str | None = None
-    warnings: list = field(default_factory=list)
-    stderr: str = ""
-
-    def to_dict(self) -> dict:
-        # Field by field, not dataclasses.asdict: asdict deep-copies every Change, which
-        # costs 0.3 s on a first sync of 20,000 files (bench/) for a dict that is only serialised.
-        data = {f.name: getattr(self, f.name) for f in fields(self)}
-        data["changes"] = [c.line for c in self.changes]
-        return data
-
-
-# ---- pure helpers: names, paths, argv ---------------------------------------------------
-
-
-def split_remote(dest: str):
-    """``(host, path)`` for an rsync ``[user@]host:path``; ``(None, dest)`` for a local path."""
-    match = _REMOTE_RE.match(dest)
-    if not match:
-        return None, dest
-    return match.group("host"), match.group("path")
-
-
-def check_volume_name(name: str) -> None:
-    if not name or name in (".", "..") or "/" in name or "\0" in name or "\n" in name:
-        raise SyncError("usage", f"invalid volume name {name!r}: a directory name directly under src")
-
-
-def check_marker_name(name: str) -> None:
-    if not name or name in (".", "..") or "/" in name or "\0" in name or "\n" in name:
-        raise SyncError("usage", f"invalid marker_name {name!r}: a plain file name, written in dest")
-
-
-def is_excluded(name: str, patterns) -> bool:
-    """Whether an rsync exclude pattern matches the top-level volume ``name``.
-
-    Only patterns that name one path component are considered (``logs``,
-    ``/logs``, ``logs/``, ``conn*``): those are the ones that exclude a whole
-    volume. Deeper patterns act inside volumes and are left to rsync.
-    """
-    for pattern in patterns:
-        core = pattern.rstrip("/")
-        core = core[1:] if core.startswith("/") else core
-        if core and "/" not in core and fnmatch.fnmatchcase(name, core):
-            return True
-    return False
-
-
-def dest_dir(dest: str) -> str:
-    """``dest`` as rsync's destination directory argument (always ending in ``/``)."""
-    host, path = split_remote(dest)
-    if host is not None:
-        return f"{host}:{path.rstrip('/')}/" if path.rstrip("/") else f"{host}:{path}"
-    return dest.rstrip("/") + "/"
-
-
-def rsync_flags(options: SyncOptions) -> list:
-    """The rsync options of a sync, without program name and paths.
-
-    This is the one place where the sync's rsync options are decided; the
-    scheduled job and the module both get them from here.
-    """
-    flags = ["--archive"]  # -rlptgoD: recursion, links, perms, times, owner, group, devices/specials
-    if options.preserve_hardlinks:
-        flags.append("--hard-links")
-    if options.preserve_acls:
-        flags.append("--acls")
-    if options.preserve_xattrs:
-        flags.append("--xattrs")
-    if options.numeric_ids:
-        flags.append("--numeric-ids")  # service uids need not exist by name on the key holder
-    flags.append("--relative")  # src/./vol -> dest/vol, see the module docstring
-    if options.delete:
-        flags.append("--delete")
-    if options.max_delete is not None:
-        flags.append(f"--max-delete={options.max_delete}")
-    if options.checksum:
-        flags.append("--checksum")
-    if options.bwlimit:
-        flags.append(f"--bwlimit={options.bwlimit}")
-    if options.io_timeout:
-        flags.append(f"--timeout={options.io_timeout}")
-    if options.rsh:
-        flags.append(f"--rsh={options.rsh}")
-    if options.itemize:
-        flags.append("--itemize-changes")
-    # Plain numbers whatever the locale (no thousands separators to guess).
-    flags += ["--stats", "--no-human-readable"]
-    if options.dry_run:
-        flags.append("--dry-run")
-    if options.marker_name:
-        # The marker lives beside the volumes, outside what rsync sends; this also keeps a
-        # volume that happens to share its name from clobbering it.
-        flags.append(f"--exclude=/{options.marker_name}")
-    flags += [f"--exclude={pattern}" for pattern in options.exclude]
-    return flags
-
-
-def build_rsync_argv(options: SyncOptions, volumes=None) -> list:
-    """The complete rsync command line (a list) for ``volumes`` (default ``options.volumes``)."""
-    volumes = options.volumes if volumes is None else volumes
-    if not volumes:
-        raise SyncError("usage", "no volume to sync: list volumes or discover them with select_volumes()")
-    src = options.src.rstrip("/") or "/"
-    sources = [f"{src}/./{name}" for name in volumes]
-    return [options.rsync, *rsync_flags(options), *sources, dest_dir(options.dest)]
-
-
-# ---- parsing rsync's output ---------------------------------------------------------------
-
-_ITEM_RE = re.compile(r"^(?P<code>[<>ch.][fdLDSU][.+ ?a-zA-Z]{9}) (?P<rest>.*)$")
-_MESSAGE_RE = re.compile(r"^(?P<code>\*[a-z]+) +(?P<rest>.*)$")
-
-
-def parse_itemized(text: str) -> list:
-    """The changes listed by ``--itemize-changes`` (one Change per item, other lines ignored).
-
-    Items that only repeat an unchanged file (``-ii`` style, all dots/spaces) are dropped,
-    so every returned entry is a real change.
-    """
-    changes = []
-    for raw in (text or "").splitlines():
-        line = raw.rstrip("\r")
-        match = _MESSAGE_RE.match(line)
-        if match:
-            changes.append(Change(match.group("code"), match.group("rest")))
-            continue
-        match = _ITEM_RE.match(line)
-        if not match:
-            continue
-        code, rest = match.group("code"), match.group("rest")
-        if code[0] == "." and not code[2:].strip(". "):
-            continue
-        target = None
-        if code[0] == "h" and " => " in rest:
-            rest, target = rest.split(" => ", 1)
-        elif code[1] == "L" and " -> " in rest:
-            rest, target = rest.split(" -> ", 1)
-        changes.append(Change(code, rest, target))
-    return changes
-
-
-_STATS_KEYS = {
-    "Number of files": "files",
-    "Number of created files": "files_created",
-    "Number of deleted files": "files_deleted",
-    "Number of regular files transferred": "files_transferred",
-    "Total file size": "bytes_total",
-    "Total transferred file size": "bytes_transferred",
-    "Literal data": "bytes_literal",
-    "Matched data": "bytes_matched",
-    "File list size": "file_list_size",
-    "Total bytes sent": "bytes_sent",
-    "Total bytes received": "bytes_received",
-}
-_STATS_RE = re.compile(r"^(?P<key>[A-Z][A-Za-z ]+?):\s+(?P<value>[0-9][0-9,.' \u202f\u00a0]*)")
-
-
-def parse_stats(text: str) -> dict:
-    """The ``--stats`` block as integers, keyed by stable names (see ``_STATS_KEYS``).
-
-    Digit grouping of any locale (``1,234``, ``1.234``, ``1 234``) is tolerated although
-    we ask for ``--no-human-readable``; unknown lines are ignored.
-    """
-    stats = {}
-    for line in (text or "").splitlines():
-        match = _STATS_RE.match(line.strip())
-        if not match or match.group("key") not in _STATS_KEYS:
-            continue
-        digits = re.sub(r"\D", "", match.group("value"))
-        if digits:
-            stats[_STATS_KEYS[match.group("key")]] = int(digits)
-    return stats
-
-
-def classify_exit(rc: int):
-    """``(status, message)`` for an rsync exit code."""
-    message = RSYNC_EXIT_MESSAGES.get(rc, "unknown error")
-    if rc == 0:
-        return STATUS_OK, message
-    if rc == 24:
-        return STATUS_VANISHED, message
-    if rc == 23:
-        return STATUS_PARTIAL, message
-    if rc == 25:
-        return STATUS_MAX_DELETE, message
-    return STATUS_ERROR, message
-
-
-def _stderr_tail(text: str, lines: int = 20) -> str:
-    kept = [line for line in (text or "").splitlines() if line.strip()]
-    return "\n".join(kept[-lines:])
-
-
-# ---- guards ----------------------------------------------------------------------------------
 
 
 def _is_empty_dir(path: str) -> bool:
@@ -500,93 +132,14 @@ def select_volumes(options: SyncOptions):
     return volumes, excluded
 
 
-# ---- lock --------------------------------------------------------------------------------------
-
-
-def _lock_holder(fd: int) -> str:
-    try:
-        text = os.pread(fd, 64, 0).decode(errors="replace").strip()
-    except OSError:
-        return ""
-    return text if text.isdigit() else ""
-
-
-@contextlib.contextmanager
-def hold_lock(path: str | None, timeout: float, poll: float = 0.2):
-    """Hold an exclusive ``flock`` on ``path``, waiting up to ``timeout`` seconds.
-
-    The kernel drops the lock when the holder exits, however it dies, so a crashed
-    sync never blocks the next one. The file keeps the holder's pid for the error text.
-    """
-    if not path:
-        yield None
-        return
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    except OSError as exc:
-        raise SyncError("lock", f"cannot open the lock file {path}: {exc.strerror}") from exc
-    try:
-        deadline = time.monotonic() + max(0.0, timeout)
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                    raise SyncError("lock", f"cannot lock {path}: {exc.strerror}") from exc
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    holder = _lock_holder(fd)
-                    who = f" (pid {holder})" if holder else ""
-                    raise SyncError(
-                        "lock",
-                        f"another sync holds the lock {path}{who}; gave up after waiting {timeout:g} s (lock_timeout)",
-                    ) from None
-                time.sleep(min(poll, remaining))
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield path
-    finally:
-        os.close(fd)
-
-
-# ---- marker ------------------------------------------------------------------------------------
-
-
-def _utc_iso(timestamp: float) -> str:
-    moment = datetime.datetime.fromtimestamp(timestamp, tz=datetime.timezone.utc)  # noqa: UP017 - targets may run Python < 3.11
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def build_marker(options: SyncOptions, volumes, stats: dict, rsync_rc: int, started: float, finished: float) -> dict:
-    """The freshness marker: when, from where, what, and how rsync ended. No secrets, no rsh."""
-    return {
-        **build_progress_marker(options, "done", started),
-        "time": _utc_iso(finished),
-        "volumes": list(volumes),
-        "files": stats.get("files", 0),
-        "files_transferred": stats.get("files_transferred", 0),
-        "files_deleted": stats.get("files_deleted", 0),
-        "bytes_total": stats.get("bytes_total", 0),
-        "bytes_sent": stats.get("bytes_sent", 0),
-        "rsync_exit_code": rsync_rc,
-    }
+    """The marker of a successful sync of ``volumes``. No secrets, no rsh."""
+    return _marker.build_done(started, finished, options.src, options.source_host, volumes, stats, rsync_rc)
 
 
 def build_progress_marker(options: SyncOptions, state: str, started: float, error: str | None = None) -> dict:
-    """The marker's common part, all of a sync under way (``running``) or one that ``failed``."""
-    marker = {
-        "format": MARKER_FORMAT,
-        "writer": "grus.backup.nfs_sync",
-        "state": state,
-        "started": _utc_iso(started),
-        "source_host": options.source_host or socket.gethostname(),
-        "source": options.src,
-    }
-    if state == "failed":
-        marker["failed"] = _utc_iso(time.time())
-        marker["error"] = error
-    return marker
+    """The marker of a sync under way (``running``) or one that ``failed``."""
+    return _marker.build_progress(state, started, options.src, options.source_host, error)
 
 
 def marker_path(options: SyncOptions) -> str:
@@ -599,38 +152,15 @@ def marker_path(options: SyncOptions) -> str:
 def write_marker(options: SyncOptions, marker: dict, runner=run) -> str:
     """Write ``marker`` atomically as ``dest/<marker_name>``; return where it went.
 
-    Locally: a temporary file in ``dest``, fsync, rename. Over SSH: rsync of a local
-    temporary file into ``dest`` through the same ``rsh`` (rsync writes a temporary file
-    beside the target and renames it), which a key limited to ``rrsync`` allows.
+    Locally: ``_marker.write_local``. Over SSH: rsync of a local temporary file into ``dest``
+    through the same ``rsh`` (rsync writes a temporary file beside the target and renames it),
+    which a key limited to ``rrsync`` allows.
     """
-    data = json.dumps(marker, indent=2, sort_keys=True) + "\n"
-    target = marker_path(options)
     host, _path = split_remote(options.dest)
     if host is None:
-        os.makedirs(options.dest, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=options.dest, prefix=f".{options.marker_name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, target)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        dir_fd = os.open(options.dest, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-        return target
-    with tempfile.TemporaryDirectory(prefix="grus-sync-marker.") as tmp_dir:
-        local = os.path.join(tmp_dir, options.marker_name)
-        with open(local, "w", encoding="utf-8") as handle:
-            handle.write(data)
-        os.chmod(local, 0o644)
+        return _marker.write_local(options.dest, marker, options.marker_name)
+
+    def send(local: str) -> None:
         # Into the directory, not onto the file name: rrsync (3.5) pins an existing target file
         # by descriptor and then cannot replace it. --ignore-times: a marker of the same size
         # written within the same second must still be sent.
@@ -639,15 +169,13 @@ def write_marker(options: SyncOptions, marker: dict, runner=run) -> str:
             argv.append(f"--timeout={options.io_timeout}")
         if options.rsh:
             argv.append(f"--rsh={options.rsh}")
-        argv += [local, dest_dir(options.dest)]
-        result = runner(argv)
-    if result.rc != 0:
-        _status, meaning = classify_exit(result.rc)
-        raise OSError(f"rsync exit {result.rc} ({meaning}): {_stderr_tail(result.stderr, 5)}")
-    return target
+        result = runner([*argv, local, dest_dir(options.dest)])
+        if result.rc != 0:
+            _status, meaning = classify_exit(result.rc)
+            raise OSError(f"rsync exit {result.rc} ({meaning}): {stderr_tail(result.stderr, 5)}")
 
-
-# ---- the procedure -------------------------------------------------------------------------
+    _marker.write_through(send, marker, options.marker_name)
+    return marker_path(options)
 
 
 def _run_rsync(argv, runner):
@@ -665,7 +193,6 @@ def sync(options: SyncOptions, runner=run) -> SyncResult:
     ``kind``. The marker is written only after a successful, real (not dry) run, and
     does not count as a change: it is rewritten on every run, by design.
     """
-    options.validate()
     with hold_lock(options.lock, options.lock_timeout):
         volumes, excluded = select_volumes(options)
         result = SyncResult(
@@ -686,11 +213,11 @@ def sync(options: SyncOptions, runner=run) -> SyncResult:
                 _preflight_deletions(options, volumes, result, runner)
             tracked = options.marker and not options.dry_run
             if tracked:
-                _write_progress_marker(options, "running", started, runner, result)
+                _write_progress_marker(options, _marker.RUNNING, started, runner, result)
             try:
                 proc = _run_rsync(argv, runner)
                 result.rsync_rc = proc.rc
-                result.stderr = _stderr_tail(proc.stderr)
+                result.stderr = stderr_tail(proc.stderr)
                 result.changes = parse_itemized(proc.stdout)
                 result.changed = bool(result.changes)
                 result.stats = parse_stats(proc.stdout)
@@ -702,7 +229,8 @@ def sync(options: SyncOptions, runner=run) -> SyncResult:
                     # Best effort: when the link is down this fails too, and the marker
                     # stays "running", which the backup reports as an unfinished sync.
                     with contextlib.suppress(OSError, CommandNotFound):
-                        failed = build_progress_marker(options, "failed", started, f"{exc.kind}: {exc.message}"[:300])
+                        reason = f"{exc.kind}: {exc.message}"[:300]
+                        failed = build_progress_marker(options, _marker.FAILED, started, reason)
                         write_marker(options, failed, runner=runner)
                 raise
         result.stats["elapsed_seconds"] = round(time.monotonic() - clock, 3)
@@ -731,15 +259,14 @@ def _write_progress_marker(options, state, started, runner, result) -> None:
 
 def _preflight_deletions(options, volumes, result, runner) -> None:
     """A dry run first, so that a max_delete overflow refuses before anything is deleted."""
-    dry = SyncOptions(**{**options.to_dict(), "dry_run": True, "itemize": True})
-    proc = _run_rsync(build_rsync_argv(dry, volumes), runner)
+    proc = _run_rsync(build_rsync_argv(options, volumes, preflight=True), runner)
     status, meaning = classify_exit(proc.rc)
     if status == STATUS_MAX_DELETE:
-        would = [c for c in parse_itemized(proc.stdout) if c.is_deletion]
+        result.changes = parse_itemized(proc.stdout)
+        would = [c for c in result.changes if c.is_deletion]
         result.rsync_rc = proc.rc
         result.rsync_status = status
-        result.changes = parse_itemized(proc.stdout)
-        result.stderr = _stderr_tail(proc.stderr)
+        result.stderr = stderr_tail(proc.stderr)
         raise SyncError(
             "max_delete",
             f"refusing to sync: more than max_delete={options.max_delete} deletions needed in "
@@ -749,7 +276,7 @@ def _preflight_deletions(options, volumes, result, runner) -> None:
     if status == STATUS_ERROR:
         result.rsync_rc = proc.rc
         result.rsync_status = status
-        result.stderr = _stderr_tail(proc.stderr)
+        result.stderr = stderr_tail(proc.stderr)
         _raise_for_status(options, status, meaning, proc.rc, result)
 
 
@@ -778,10 +305,12 @@ def _raise_for_status(options, status, meaning, rc, result) -> None:
     raise SyncError("error", f"rsync failed {where}: exit {rc} ({meaning}){detail}", result)
 
 
-# ---- the scheduled job's entry point --------------------------------------------------------
-
 EXIT_OK = 0
+
+
 EXIT_WARNING = 1
+
+
 EXIT_ERROR = 2
 
 

@@ -157,9 +157,11 @@ options:
       - With V(pruned), the most archives one run may delete. When the plan (a C(--dry-run) first) would
         delete more, the module fails and deletes nothing.
       - Otherwise exactly the planned archives are deleted (C(borg delete) of their names, one transaction),
-        so an archive that crosses the retention boundary after the plan is left for the next run.
-      - Not set means no limit.
+        so an archive that crosses the retention boundary after the plan is left for the next run, and a
+        listing afterwards verifies that they are gone.
+      - The same guard, with the same default, holds the key holder's scheduled prune.
     type: int
+    default: 12
   max_files:
     description:
       - With V(listed) and O(name), return at most this many files (0 returns all).
@@ -174,6 +176,8 @@ notes:
   - A restore into an empty O(dest) runs C(borg extract) alone (borg checks every chunk it restores) and
     counts the restored files and bytes on disk; into a non-empty O(dest) the archive's item list is read
     first (streamed, a few fields per item) to compare and, afterwards, to verify what was written.
+  - V(pruned) refuses (and deletes nothing) when the newest matching archive lies more than five minutes in
+    the future: this host's clock went backwards, and a O(keep_within) window would slide.
   - V(present) does not list the repository before creating; borg itself refuses an existing archive
     name before reading any file, and the module reports that as unchanged.
   - The borg version is checked on every call and remembered per borg binary in
@@ -343,43 +347,20 @@ append_only:
   sample: false
 """
 
-import copy
-import os
-
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.grus.backup.plugins.module_utils._borg import (
-    BORG_COMMON_ARGUMENT_SPEC,
+from ansible_collections.grus.backup.plugins.module_utils._archive import run_state
+from ansible_collections.grus.backup.plugins.module_utils._argspec import (
     BORG_COMMON_MUTUALLY_EXCLUSIVE,
-    DEFAULT_COMPRESSION,
-    RETENTION_KEYS,
-    BorgError,
-    BorgRepo,
-    archive_items,
-    cached_borg_version,
-    check_restore_dest,
-    create_archive,
-    delete_archive,
-    delete_planned,
-    extract,
-    has_placeholder,
-    list_archives,
-    prune,
-    repo_append_only,
-    restore_differences,
-    restore_entry,
-    restore_totals,
-    restored_totals,
-    validate_restore_paths,
-    validate_retention,
+    borg_argument_spec,
 )
-
-DIFF_LINES = 1000
-FILE_FIELDS = ("path", "type", "mode", "user", "group", "size", "mtime", "linktarget")
+from ansible_collections.grus.backup.plugins.module_utils._borg_argv import DEFAULT_COMPRESSION
+from ansible_collections.grus.backup.plugins.module_utils._borg_failures import BorgError
+from ansible_collections.grus.backup.plugins.module_utils._borg_repo import BorgRepo
+from ansible_collections.grus.backup.plugins.module_utils._prune import DEFAULT_MAX_DELETIONS
 
 
 def argument_spec() -> dict:
-    spec = copy.deepcopy(BORG_COMMON_ARGUMENT_SPEC)
-    spec.update(
+    return borg_argument_spec(
         name={"type": "str"},
         state={"type": "str", "choices": ["present", "absent", "extracted", "pruned", "listed"], "default": "present"},
         paths={"type": "list", "elements": "str", "default": []},
@@ -401,304 +382,9 @@ def argument_spec() -> dict:
         keep_monthly={"type": "int"},
         keep_yearly={"type": "int"},
         match_archives={"type": "str"},
-        max_deletions={"type": "int"},
+        max_deletions={"type": "int", "default": DEFAULT_MAX_DELETIONS},
         max_files={"type": "int", "default": 1000},
     )
-    return spec
-
-
-def diff_text(lines) -> str:
-    lines = list(lines)
-    shown = lines[:DIFF_LINES]
-    if len(lines) > DIFF_LINES:
-        shown.append(f"... and {len(lines) - DIFF_LINES} more")
-    return "".join(f"{line}\n" for line in shown)
-
-
-def find_archive(archives, name):
-    return next((a for a in archives if a["name"] == name), None)
-
-
-def append_only_warning(conn: BorgRepo, what: str) -> tuple[bool | None, str]:
-    flag = repo_append_only(conn)
-    if flag:
-        return flag, (
-            f"repository {conn.repo} is append-only: the {what} is only logical; the data stays in the "
-            "repository (and can be recovered) until the repository host runs borg compact"
-        )
-    if flag is None:
-        return flag, (
-            f"if the repository host serves {conn.repo} append-only (borg serve --append-only), the {what} is "
-            "only logical until the repository host runs borg compact"
-        )
-    return flag, ""
-
-
-# ---------------------------------------------------------------------------- states
-
-
-def state_present(conn, params, check_mode, diff):
-    name = params["name"]
-    paths = list(params["paths"])
-    if not paths:
-        raise BorgError(f"state=present needs paths to archive into {conn.repo}", cause="invalid_input")
-    missing = [p for p in paths if not os.path.lexists(p)]
-    if missing:
-        raise BorgError(
-            f"source path(s) missing, nothing written to repository {conn.repo}: {', '.join(missing)}",
-            cause="source_missing",
-            repo=conn.repo,
-        )
-    result = {"borg_version": cached_borg_version(conn.borg), "changed": False, "warnings": []}
-    options = {
-        "exclude": params["exclude"],
-        "exclude_if_present": params["exclude_if_present"],
-        "one_file_system": params["one_file_system"],
-        "compression": params["compression"],
-        "files_cache": params["files_cache"],
-        "comment": params["comment"],
-        "timestamp": params["timestamp"],
-    }
-    # Apply mode does not list the repository first: borg refuses an existing name before it
-    # reads a single file (Archive.AlreadyExists), and one borg start-up less is what keeps a
-    # module call as fast as borg itself (bench/).
-    if check_mode and not has_placeholder(name):
-        existing = find_archive(list_archives(conn), name)
-        if existing:
-            result["archive"] = existing
-            return result
-    result["changed"] = True
-    if check_mode:
-        result["archive"] = None
-        if diff:
-            planned = create_archive(conn, name, paths, dry_run=True, list_files=True, **options)
-            result["warnings"] += planned["warnings"]
-            result["diff"] = {
-                "before": "",
-                "after": diff_text(path for _status, path in planned["files"]),
-                "after_header": f"{conn.repo}::{name} (would archive)",
-            }
-        return result
-    try:
-        created = create_archive(conn, name, paths, list_files=diff, list_filter="AME" if diff else None, **options)
-    except BorgError as exc:
-        if exc.cause != "archive_exists" or has_placeholder(name):
-            raise
-        result["changed"] = False
-        result["archive"] = find_archive(list_archives(conn), name)
-        return result
-    result["archive"] = created["archive"]
-    result["warnings"] += created["warnings"]
-    if diff:
-        result["diff"] = {
-            "before": "",
-            "after": diff_text(f"{s} {p}" for s, p in created["files"]),
-            "after_header": f"{conn.repo}::{created['archive']['name']} (added/modified)",
-        }
-    return result
-
-
-def state_absent(conn, params, check_mode, diff):
-    name = params["name"]
-    if has_placeholder(name):
-        raise BorgError(
-            f"state=absent needs a literal archive name, not a placeholder: {name}",
-            cause="invalid_input",
-            repo=conn.repo,
-        )
-    result = {"borg_version": cached_borg_version(conn.borg), "changed": False, "warnings": []}
-    existing = find_archive(list_archives(conn), name)
-    result["archive"] = existing
-    result["append_only"], warning = append_only_warning(conn, "delete")
-    if not existing:
-        return result
-    result["changed"] = True
-    if diff:
-        result["diff"] = {"before": f"{name}\n", "after": "", "before_header": f"{conn.repo} archives"}
-    if check_mode:
-        return result
-    result["warnings"] += delete_archive(conn, name)
-    if find_archive(list_archives(conn), name):
-        raise BorgError(
-            f"archive {name} is still listed in repository {conn.repo} after borg delete",
-            cause="delete_failed",
-            repo=conn.repo,
-        )
-    if warning:
-        result["warnings"].append(warning)
-    return result
-
-
-def state_extracted(conn, params, check_mode, diff):
-    name = params["name"]
-    if has_placeholder(name):
-        raise BorgError(
-            f"state=extracted needs a literal archive name, not a placeholder: {name}",
-            cause="invalid_input",
-            repo=conn.repo,
-        )
-    paths = validate_restore_paths(params["paths"])
-    strip = params["strip_components"]
-    if strip < 0:
-        raise BorgError("strip_components must be 0 or more", cause="invalid_input", repo=conn.repo)
-    dest = check_restore_dest(params["dest"], force=params["force"])
-    result = {"borg_version": cached_borg_version(conn.borg), "changed": False, "warnings": [], "restore_dir": dest}
-    occupied = os.path.isdir(dest) and bool(os.listdir(dest))
-    if not occupied and not check_mode and not diff:
-        return restore_into_empty(conn, params, result, paths, strip, dest)
-    archive = find_archive(list_archives(conn), name)
-    if archive is None:
-        raise BorgError(
-            f"archive {name} does not exist in repository {conn.repo}", cause="archive_missing", repo=conn.repo
-        )
-    result["archive"] = archive
-    plan = archive_items(conn, name, paths, keep=lambda item: restore_entry(item, strip))
-    if not plan:
-        raise nothing_matched(conn, name, paths, strip)
-    totals = restore_totals(plan)
-    result["files_restored"] = totals["files"]
-    result["bytes_restored"] = totals["bytes"]
-    if occupied and not restore_differences(plan, dest, limit=1):
-        result["files_restored"] = result["bytes_restored"] = 0
-        return result
-    if occupied and not params["force"]:
-        raise BorgError(
-            f"dest {dest} is not empty and differs from {conn.repo}::{name}; refusing to restore over it "
-            "(use an empty directory, or force=true to overwrite)",
-            cause="dest_not_empty",
-            repo=conn.repo,
-        )
-    result["changed"] = True
-    if diff:
-        result["diff"] = {
-            "before": "",
-            "after": diff_text(i["target"] for i in plan),
-            "after_header": f"{dest} (restored from {conn.repo}::{name})",
-        }
-    if check_mode:
-        # Reads every chunk: proves the archive can be restored, writes nothing.
-        result["warnings"] += extract(conn, name, dest if os.path.isdir(dest) else "/", paths, strip, dry_run=True)
-        return result
-    os.makedirs(dest, mode=0o700, exist_ok=True)
-    result["warnings"] += extract(conn, name, dest, paths, strip)
-    left = restore_differences(plan, dest)
-    if left:
-        result["warnings"].append(f"after the restore into {dest} these differ from the archive: {', '.join(left)}")
-    return result
-
-
-def nothing_matched(conn, name, paths, strip) -> BorgError:
-    return BorgError(
-        f"nothing to restore from {conn.repo}::{name}: paths {paths} (strip_components={strip}) match no item",
-        cause="nothing_matched",
-        repo=conn.repo,
-    )
-
-
-def restore_into_empty(conn, params, result, paths, strip, dest):
-    """The plain restore into an empty (or new) directory: one borg call, as fast as borg extract.
-
-    Nothing to compare against, so the repository is not listed first; an unknown archive or paths
-    that match nothing fail with borg's own answer, and a directory this call made is removed again.
-    Borg checks every chunk it restores (id hash and MAC); the totals are counted on disk.
-    """
-    name = params["name"]
-    made = not os.path.isdir(dest)
-    os.makedirs(dest, mode=0o700, exist_ok=True)
-    try:
-        warnings = extract(conn, name, dest, paths, strip)
-        totals = restored_totals(dest)
-        if not totals["files"] and not os.listdir(dest):
-            raise nothing_matched(conn, name, paths, strip)
-    except BorgError:
-        if made and not os.listdir(dest):
-            os.rmdir(dest)
-        raise
-    result["warnings"] += warnings
-    result.update(changed=True, archive={"name": name}, files_restored=totals["files"], bytes_restored=totals["bytes"])
-    return result
-
-
-def state_pruned(conn, params, check_mode, diff):
-    retention = validate_retention({key: params[key] for key in RETENTION_KEYS if key in params})
-    max_deletions = params["max_deletions"]
-    if max_deletions is not None and max_deletions < 0:
-        raise BorgError("max_deletions must be 0 or more", cause="invalid_input", repo=conn.repo)
-    match = params["match_archives"]
-    result = {"borg_version": cached_borg_version(conn.borg), "changed": False, "warnings": []}
-    archives = list_archives(conn, match_archives=match)
-    plan = prune(conn, retention, match_archives=match, dry_run=True, archives=archives)
-    result["warnings"] += plan["warnings"]
-    result["pruned"], result["kept"] = plan["pruned"], plan["kept"]
-    result["append_only"], warning = append_only_warning(conn, "prune")
-    if diff:
-        result["diff"] = {
-            "before": diff_text(a["name"] for a in archives),
-            "after": diff_text(a["name"] for a in archives if a["id"] not in {p["id"] for p in plan["pruned"]}),
-            "before_header": f"{conn.repo} archives",
-            "after_header": f"{conn.repo} archives",
-        }
-    if max_deletions is not None and len(plan["pruned"]) > max_deletions:
-        raise BorgError(
-            f"prune of {conn.repo} would delete {len(plan['pruned'])} archives, more than max_deletions="
-            f"{max_deletions}; nothing deleted (would delete: {', '.join(a['name'] for a in plan['pruned'])})",
-            cause="max_deletions",
-            repo=conn.repo,
-        )
-    if not plan["pruned"]:
-        return result
-    result["changed"] = True
-    if check_mode:
-        return result
-    # Exactly what the dry run planned and the guard counted: a second prune would apply the
-    # retention again, and an archive that crossed its boundary meanwhile would go too.
-    result["warnings"] += delete_planned(conn, plan)
-    remaining = {a["id"] for a in list_archives(conn, match_archives=match)}
-    still = [a["name"] for a in plan["pruned"] if a["id"] in remaining]
-    if still:
-        raise BorgError(
-            f"archives still listed in {conn.repo} after prune: {', '.join(still)}",
-            cause="prune_failed",
-            repo=conn.repo,
-        )
-    if warning:
-        result["warnings"].append(warning)
-    return result
-
-
-def state_listed(conn, params, check_mode, diff):
-    result = {"borg_version": cached_borg_version(conn.borg), "changed": False, "warnings": []}
-    name = params["name"]
-    if not name:
-        result["archives"] = list_archives(conn, match_archives=params["match_archives"])
-        return result
-    paths = validate_restore_paths(params["paths"])
-    archive = find_archive(list_archives(conn), name)
-    if archive is None:
-        raise BorgError(
-            f"archive {name} does not exist in repository {conn.repo}", cause="archive_missing", repo=conn.repo
-        )
-    limit = params["max_files"]
-    total = [0]
-
-    def keep(item):
-        total[0] += 1
-        if limit and 0 < limit < total[0]:
-            return None
-        return {k: item.get(k) for k in FILE_FIELDS}
-
-    shown = archive_items(conn, name, paths, keep=keep)
-    result.update(archive=archive, files=shown, files_total=total[0], files_truncated=len(shown) < total[0])
-    return result
-
-
-STATES = {
-    "present": state_present,
-    "absent": state_absent,
-    "extracted": state_extracted,
-    "pruned": state_pruned,
-    "listed": state_listed,
-}
 
 
 def main():
@@ -713,17 +399,11 @@ def main():
         supports_check_mode=True,
     )
     params = module.params
-    borg = module.get_bin_path("borg", required=True)
-    conn = BorgRepo.from_params(params, borg=borg)
+    conn = BorgRepo.from_params(params, borg=module.get_bin_path("borg", required=True))
     try:
-        result = STATES[params["state"]](conn, params, module.check_mode, module._diff)
+        result = run_state(conn, params, module.check_mode, module._diff)
     except BorgError as exc:
-        failure = exc.as_dict()
-        if conn.repo not in failure["msg"]:
-            failure["msg"] = f"repository {conn.repo}: {failure['msg']}"
-        failure["msg"] = conn.redact(failure["msg"])
-        failure["borg_messages"] = [conn.redact(m) for m in failure["borg_messages"]]
-        module.fail_json(repo=params["repo"], **failure)
+        module.fail_json(repo=params["repo"], **conn.failure_result(exc))
     for warning in result.pop("warnings"):
         module.warn(warning)
     module.exit_json(repo=params["repo"], **result)

@@ -191,41 +191,40 @@ key_export:
   sample: /root/borg-key-antigone.export
 """
 
-import copy
 import os
 import shutil
 import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.grus.backup.plugins.module_utils._borg import (
-    BORG_COMMON_ARGUMENT_SPEC,
+from ansible_collections.grus.backup.plugins.module_utils._argspec import (
     BORG_COMMON_MUTUALLY_EXCLUSIVE,
-    DEFAULT_ENCRYPTION,
-    ENCRYPTION_MODES,
-    BorgError,
+    borg_argument_spec,
+)
+from ansible_collections.grus.backup.plugins.module_utils._borg_argv import DEFAULT_ENCRYPTION, ENCRYPTION_MODES
+from ansible_collections.grus.backup.plugins.module_utils._borg_failures import BorgError
+from ansible_collections.grus.backup.plugins.module_utils._borg_parse import config_append_only
+from ansible_collections.grus.backup.plugins.module_utils._borg_repo import (
     BorgRepo,
-    borg_version,
     export_key,
     init_repository,
     read_local_repo_config,
     repo_info,
     set_repo_config,
-    validate_storage_quota,
 )
+from ansible_collections.grus.backup.plugins.module_utils._borg_validate import validate_storage_quota
+from ansible_collections.grus.backup.plugins.module_utils._borg_version import cached_borg_version
 
 KEY_MODE = 0o600
 
 
 def argument_spec() -> dict:
-    spec = copy.deepcopy(BORG_COMMON_ARGUMENT_SPEC)
-    spec.update(
+    return borg_argument_spec(
         state={"type": "str", "choices": ["present", "absent"], "default": "present"},
         encryption={"type": "str", "choices": list(ENCRYPTION_MODES), "default": DEFAULT_ENCRYPTION},
         append_only={"type": "bool"},
         storage_quota={"type": "str"},
         key_export={"type": "path"},
     )
-    return spec
 
 
 def read_repository(conn: BorgRepo, warnings: list) -> dict | None:
@@ -246,10 +245,9 @@ def read_repository(conn: BorgRepo, warnings: list) -> dict | None:
             return None
         if os.path.isdir(path) and not os.listdir(path):
             return None
-        raise BorgError(
+        raise conn.refuse(
             f"{conn.repo} is a non-empty directory that is not a borg repository; refusing to touch it",
-            cause="not_a_repository",
-            repo=conn.repo,
+            "not_a_repository",
         ) from exc
 
 
@@ -258,7 +256,7 @@ def local_settings(conn: BorgRepo) -> dict:
     if config is None:
         return {"append_only": None, "storage_quota": None}
     return {
-        "append_only": config.get("append_only", "0").strip() == "1",
+        "append_only": config_append_only(config),
         "storage_quota": int(config.get("storage_quota", "0") or 0),
     }
 
@@ -267,10 +265,8 @@ def key_export_state(conn: BorgRepo, path: str) -> tuple[bytes, bool, bool]:
     """(exported key, content matches the file, mode is 0600)."""
     directory = os.path.dirname(path) or "."
     if not os.path.isdir(directory):
-        raise BorgError(
-            f"cannot export the key of {conn.repo}: directory {directory} does not exist",
-            cause="invalid_input",
-            repo=conn.repo,
+        raise conn.refuse(
+            f"cannot export the key of {conn.repo}: directory {directory} does not exist", "invalid_input"
         )
     scratch = tempfile.mkdtemp(prefix="grus-borg-key-")
     try:
@@ -303,96 +299,113 @@ def write_key(path: str, key: bytes) -> None:
         raise
 
 
+def create_or_check(conn: BorgRepo, params: dict, check_mode: bool, warnings: list, before: dict) -> tuple:
+    """``(info, created)``: the existing repository checked, or a new one made (``info`` None in check mode)."""
+    encryption = params["encryption"]
+    info = read_repository(conn, warnings)
+    if info is None:
+        if encryption != "none" and not (conn.passphrase or conn.passcommand):
+            raise conn.refuse(
+                f"cannot create repository {conn.repo} with encryption {encryption}: set passphrase or passcommand",
+                "invalid_input",
+            )
+        before["exists"] = False
+        if check_mode:
+            return None, True
+        warnings += init_repository(
+            conn, encryption, append_only=bool(params["append_only"]), storage_quota=params["storage_quota"]
+        )
+        return repo_info(conn), True
+    if info["encryption"] != encryption:
+        raise conn.refuse(
+            f"repository {conn.repo} exists with encryption {info['encryption']}, not {encryption}; "
+            "borg cannot change the encryption of a repository: refusing",
+            "encryption_mismatch",
+        )
+    before.update(exists=True, encryption=info["encryption"])
+    return info, False
+
+
+def reconcile_settings(
+    conn: BorgRepo, params: dict, quota_bytes, check_mode: bool, created: bool, before: dict
+) -> tuple:
+    """``(settings, changed)``: the repository's own append_only and storage_quota, set where asked."""
+    append_only = params["append_only"]
+    if created and check_mode:
+        return {"append_only": bool(append_only), "storage_quota": quota_bytes or 0}, False
+    if not conn.local_path:
+        return {"append_only": None, "storage_quota": None}, False
+    settings = local_settings(conn)
+    if not created:
+        before.update(settings)
+    changed = False
+    for key, value in {"append_only": append_only, "storage_quota": quota_bytes}.items():
+        if value is None or settings[key] == value:
+            continue
+        changed = True
+        if not check_mode:
+            if key == "storage_quota" and not value:
+                set_repo_config(conn, key, delete=True)
+            else:
+                set_repo_config(conn, key, int(value))
+        settings[key] = value
+    if changed and not check_mode:
+        settings = local_settings(conn)
+    return settings, changed
+
+
+def reconcile_key_export(conn: BorgRepo, params: dict, info, created: bool, check_mode: bool, before: dict) -> bool:
+    """Export the key to ``key_export`` (mode 0600) unless the file holds it already; returns changed."""
+    key_path = params["key_export"]
+    mode = (info or {}).get("encryption") or params["encryption"]
+    if mode == "none":
+        raise conn.refuse(f"repository {conn.repo} is not encrypted: there is no key to export", "unencrypted")
+    if info is None:
+        # Check mode, repository not created yet: the key would be exported.
+        before["key_export"] = "absent"
+        return True
+    key, same, mode_ok = key_export_state(conn, key_path)
+    if created:
+        before["key_export"] = "absent"
+    elif same:
+        before["key_export"] = "current" if mode_ok else "wrong mode"
+    else:
+        before["key_export"] = "missing or different"
+    if same and mode_ok:
+        return False
+    if not check_mode:
+        if same:
+            os.chmod(key_path, KEY_MODE)
+        else:
+            write_key(key_path, key)
+    return True
+
+
 def ensure_repository(conn: BorgRepo, params: dict, check_mode: bool) -> dict:
     encryption = params["encryption"]
-    append_only = params["append_only"]
     quota = params["storage_quota"]
-    quota_bytes = validate_storage_quota(quota) if quota is not None else None
-    version = borg_version(conn.borg)
+    quota_bytes = validate_storage_quota(quota) if quota is not None else None  # before borg runs
+    version = cached_borg_version(conn.borg)
     warnings = []
-
-    info = read_repository(conn, warnings)
-    created = info is None
-    before = {"exists": not created}
-    if created:
-        if encryption != "none" and not (conn.passphrase or conn.passcommand):
-            raise BorgError(
-                f"cannot create repository {conn.repo} with encryption {encryption}: set passphrase or passcommand",
-                cause="invalid_input",
-                repo=conn.repo,
-            )
-        if not check_mode:
-            warnings += init_repository(conn, encryption, append_only=bool(append_only), storage_quota=quota)
-            info = repo_info(conn)
-    else:
-        if info["encryption"] != encryption:
-            raise BorgError(
-                f"repository {conn.repo} exists with encryption {info['encryption']}, not {encryption}; "
-                "borg cannot change the encryption of a repository: refusing",
-                cause="encryption_mismatch",
-                repo=conn.repo,
-            )
-        before["encryption"] = info["encryption"]
-    after = {"exists": True, "encryption": encryption}
-    changed = created
-
-    settings = {"append_only": None, "storage_quota": None}
-    if created and check_mode:
-        settings = {"append_only": bool(append_only), "storage_quota": quota_bytes or 0}
-    elif conn.local_path:
-        settings = local_settings(conn)
-        if not created:
-            before.update(settings)
-        wanted = {"append_only": append_only, "storage_quota": quota_bytes}
-        for key, value in wanted.items():
-            if value is None or settings[key] == value:
-                continue
-            changed = True
-            if not check_mode:
-                if key == "storage_quota" and not value:
-                    set_repo_config(conn, key, delete=True)
-                else:
-                    set_repo_config(conn, key, int(value))
-            settings[key] = value
-        if not check_mode and changed:
-            settings = local_settings(conn)
-    elif not created and (append_only is not None or quota is not None):
+    before = {}
+    info, created = create_or_check(conn, params, check_mode, warnings, before)
+    settings, settings_changed = reconcile_settings(conn, params, quota_bytes, check_mode, created, before)
+    if (
+        not conn.local_path
+        and not created
+        and (params["append_only"] is not None or params["storage_quota"] is not None)
+    ):
         warnings.append(
             f"append_only and storage_quota of the remote repository {conn.repo} were not checked: borg can read "
             "and change them only on the repository host (which enforces append-only with borg serve --append-only)"
         )
+    after = {"exists": True, "encryption": encryption}
     after.update({k: v for k, v in settings.items() if v is not None})
-
+    changed = created or settings_changed
     key_path = params["key_export"]
     if key_path:
-        mode = (info or {}).get("encryption") or encryption
-        if mode == "none":
-            raise BorgError(
-                f"repository {conn.repo} is not encrypted: there is no key to export",
-                cause="unencrypted",
-                repo=conn.repo,
-            )
-        if info is None:
-            # Check mode, repository not created yet: the key would be exported.
-            same, mode_ok, key = False, False, b""
-            before["key_export"] = "absent"
-        else:
-            key, same, mode_ok = key_export_state(conn, key_path)
-            if created:
-                before["key_export"] = "absent"
-            elif same:
-                before["key_export"] = "current" if mode_ok else "wrong mode"
-            else:
-                before["key_export"] = "missing or different"
+        changed = reconcile_key_export(conn, params, info, created, check_mode, before) or changed
         after["key_export"] = "current"
-        if not (same and mode_ok):
-            changed = True
-            if not check_mode:
-                if same:
-                    os.chmod(key_path, KEY_MODE)
-                else:
-                    write_key(key_path, key)
-
     info = info or {}
     result = {
         "changed": changed,
@@ -426,17 +439,11 @@ def main():
             "repositories; do it by hand on the repository host if you really mean it",
             repo=params["repo"],
         )
-    borg = module.get_bin_path("borg", required=True)
-    conn = BorgRepo.from_params(params, borg=borg)
+    conn = BorgRepo.from_params(params, borg=module.get_bin_path("borg", required=True))
     try:
         result = ensure_repository(conn, params, module.check_mode)
     except BorgError as exc:
-        failure = exc.as_dict()
-        if conn.repo not in failure["msg"]:
-            failure["msg"] = f"repository {conn.repo}: {failure['msg']}"
-        failure["msg"] = conn.redact(failure["msg"])
-        failure["borg_messages"] = [conn.redact(m) for m in failure["borg_messages"]]
-        module.fail_json(repo=params["repo"], **failure)
+        module.fail_json(repo=params["repo"], **conn.failure_result(exc))
     if not module._diff:
         result.pop("diff")
     for warning in result.pop("warnings"):

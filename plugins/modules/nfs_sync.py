@@ -26,7 +26,7 @@ description:
   - A JSON marker in C(dest/<marker_name>) tells the key holder how the copy stands (see O(marker)); it is
     written atomically, over SSH with rsync through the same O(rsh), so the receiving key can be restricted
     to C(rrsync).
-  - The rsync options are built in one place, the collection's private C(_rsync) module utility, which the
+  - The rsync options are built in one place, the collection's private C(_rsync_options) module utility, which the
     C(grus.backup.sync_client) role ships beside its systemd job; scheduled syncs and this module run the
     same rsync command.
   - rsync exit 24 (source files vanished during the transfer, normal on live volumes) succeeds with a
@@ -294,8 +294,9 @@ marker:
   returned: always
   type: dict
   sample:
-    format: 1
+    format: 2
     writer: grus.backup.nfs_sync
+    state: done
     time: "2026-11-23T11:45:02Z"
     started: "2026-11-23T11:45:01Z"
     source_host: balearica
@@ -328,13 +329,13 @@ stderr:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.grus.backup.plugins.module_utils._rsync import (
+from ansible_collections.grus.backup.plugins.module_utils._rsync import sync
+from ansible_collections.grus.backup.plugins.module_utils._rsync_options import (
     DEFAULT_LOCK,
     DEFAULT_LOCK_TIMEOUT,
     DEFAULT_MARKER_NAME,
     SyncError,
     SyncOptions,
-    sync,
 )
 
 MAX_REPORTED_CHANGES = 1000

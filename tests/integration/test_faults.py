@@ -25,15 +25,9 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from ansible_collections.grus.backup.plugins.module_utils._borg import (
-    BorgError,
-    BorgRepo,
-    borg_argv,
-    create_argv,
-    init_argv,
-    list_archives,
-    prune,
-)
+from ansible_collections.grus.backup.plugins.module_utils._borg_argv import borg_argv, create_argv, init_argv
+from ansible_collections.grus.backup.plugins.module_utils._borg_failures import BorgError
+from ansible_collections.grus.backup.plugins.module_utils._borg_repo import BorgRepo, list_archives, prune
 from ansible_collections.grus.backup.plugins.module_utils._runner import build_env, run
 from helpers import ssh_repo
 

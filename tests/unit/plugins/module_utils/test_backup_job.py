@@ -6,7 +6,7 @@ import json
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from ansible_collections.grus.backup.plugins.module_utils import _backup_job
+from ansible_collections.grus.backup.plugins.module_utils import _backup_job, _marker, _prune
 from ansible_collections.grus.backup.plugins.module_utils._backup_job import (
     EXIT_ERROR,
     EXIT_OK,
@@ -15,16 +15,19 @@ from ansible_collections.grus.backup.plugins.module_utils._backup_job import (
     JobError,
     JobReport,
     archive_name,
-    check_clock,
-    check_marker,
     check_sources,
-    parse_archive_time,
     prune_guarded,
     run_job,
 )
-from ansible_collections.grus.backup.plugins.module_utils._borg import BorgError
+from ansible_collections.grus.backup.plugins.module_utils._borg_failures import BorgError
+from ansible_collections.grus.backup.plugins.module_utils._borg_parse import parse_archive_time
+from ansible_collections.grus.backup.plugins.module_utils._prune import check_clock
 
 NOW = datetime(2026, 11, 23, 12, 0, 0, tzinfo=timezone.utc)  # noqa: UP017
+
+
+def check_marker(marker, now, written_at=None):
+    return _marker.judge(marker["path"], marker["max_age_minutes"], now, written_at)
 
 
 def config(**extra):
@@ -75,9 +78,9 @@ def test_parse_archive_time_accepts_both_borg_formats():
 
 def test_clock_check_refuses_archive_in_the_future():
     future = (NOW + timedelta(hours=2)).astimezone().strftime("%Y-%m-%dT%H:%M:%S.%f")
-    with pytest.raises(JobError) as info:
+    with pytest.raises(BorgError) as info:
         check_clock([{"time": future}], NOW, 300)
-    assert info.value.kind == "clock"
+    assert info.value.cause == "clock" and "is later than this host's clock" in info.value.message
 
 
 def test_clock_check_accepts_past_and_tolerance():
@@ -135,7 +138,7 @@ def test_report_exit_status():
 
 
 class FakeBorg:
-    """Stands in for the borg calls of a run (version, create, prune); records them."""
+    """Stands in for the borg calls of a run (version, create, prune, delete, list); records them."""
 
     def __init__(self, archives=(), would_prune=0):
         self.archives = list(archives)
@@ -155,20 +158,27 @@ class FakeBorg:
 
     def prune(self, conn, retention, match_archives=None, dry_run=False, archives=None):
         self.calls.append(("prune", dry_run, retention, archives))
-        pruned = [{"name": f"old{i}", "time": "2026-11-01T04:00:00"} for i in range(self.would_prune)]
-        kept = [{"name": "new", "time": "2026-11-23T12:00:00"}, *self.archives]
+        pruned = [{"name": f"old{i}", "time": "2026-11-01T04:00:00", "id": f"o{i}"} for i in range(self.would_prune)]
+        kept = [{"name": "new", "time": "2026-11-23T12:00:00", "id": "n"}, *self.archives]
         return {"pruned": pruned, "kept": kept, "warnings": []}
 
     def delete_planned(self, conn, plan):
         self.calls.append(("delete", [a["name"] for a in plan["pruned"]]))
+        self.deleted = {a["id"] for a in plan["pruned"]}
         return []
+
+    def list_archives(self, conn, match_archives=None):
+        self.calls.append(("list", match_archives))
+        return [{"name": "new", "id": "n"}]
 
 
 @pytest.fixture
 def fake(monkeypatch):
     borg = FakeBorg()
-    for name in ("cached_borg_version", "create_archive", "prune", "delete_planned"):
+    for name in ("cached_borg_version", "create_archive"):
         monkeypatch.setattr(_backup_job, name, getattr(borg, name))
+    for name in ("prune", "delete_planned", "list_archives"):  # what the one guarded prune calls
+        monkeypatch.setattr(_prune, name, getattr(borg, name))
     return borg
 
 
@@ -177,8 +187,10 @@ def test_run_creates_one_archive_then_prunes(fake, tmp_path):
     cfg = config(exclude=["sh:/srv/export/*/connection-logs"], max_deletions=2)
     report = run_job(cfg, now=NOW)
     assert report.errors == []
-    # no listing before or after the create: the prune's dry run lists the archives (and their times)
-    assert [c[0] for c in fake.calls] == ["version", "create", "prune", "delete"]
+    # no listing before or after the create: the prune's dry run lists the archives (and their times);
+    # one listing after the delete verifies it, limited to this job's archives
+    assert [c[0] for c in fake.calls] == ["version", "create", "prune", "delete", "list"]
+    assert fake.calls[-1] == ("list", "grus-")
     create = fake.calls[1]
     assert create[1] == "grus-2026-11-23T12:00:00Z"
     assert create[2] == ("/srv/export",) and create[3] == "mtime,size"
@@ -187,7 +199,7 @@ def test_run_creates_one_archive_then_prunes(fake, tmp_path):
     # names and times come from borg's prune lines, not from a separate listing
     assert [c[3] for c in fake.calls if c[0] == "prune"] == [()]
     # exactly the planned archives are deleted: no second prune that could apply the retention anew
-    assert fake.calls[-1] == ("delete", ["old0", "old1"])
+    assert fake.calls[3] == ("delete", ["old0", "old1"])
     assert report.pruned == ["old0", "old1"] and report.exit_status == EXIT_OK
 
 
@@ -246,8 +258,14 @@ def test_nothing_to_prune_skips_the_delete(fake):
 def test_prune_guarded_respects_zero(fake):
     fake.would_prune = 1
     report = JobReport()
-    with pytest.raises(JobError):
+    with pytest.raises(JobError) as info:
         prune_guarded(None, config(max_deletions=0), report, now=NOW)
+    assert info.value.kind == "max_deletions"
+    assert "would delete 1 archives, more than max_deletions=0 (old0)" in info.value.message
+    assert "nothing was deleted" in info.value.message and "archive was made" in info.value.message
+    # the dry run only: nothing deleted, nothing reported as pruned
+    assert [c[0] for c in fake.calls] == ["prune"] and fake.calls[0][1] is True
+    assert report.pruned == [] and report.kept == []
 
 
 def test_stale_marker_is_a_warning_and_backup_still_runs(fake, tmp_path):
@@ -276,9 +294,9 @@ def test_clock_skew_with_a_client_holds_the_prune_not_the_backup(fake, tmp_path,
     fake.would_prune = 1
     marker = tmp_path / "m.json"
     write_marker(marker, NOW)
-    real_check = _backup_job.check_marker
+    real_judge = _marker.judge
     monkeypatch.setattr(
-        _backup_job, "check_marker", lambda m, now: real_check(m, now, written_at=NOW.timestamp() + 3 * 3600)
+        _marker, "judge", lambda path, age, now: real_judge(path, age, now, written_at=NOW.timestamp() + 3 * 3600)
     )
     report = run_job(config(markers=[{"path": str(marker), "max_age_minutes": 60}]), now=NOW)
     assert report.exit_status == EXIT_ERROR and report.errors[0].startswith("clock: refusing to prune")

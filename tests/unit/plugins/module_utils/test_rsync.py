@@ -10,23 +10,23 @@ from pathlib import Path
 
 import pytest
 from ansible_collections.grus.backup.plugins.module_utils import _rsync
-from ansible_collections.grus.backup.plugins.module_utils._rsync import (
-    Change,
+from ansible_collections.grus.backup.plugins.module_utils._rsync import select_volumes, sync, write_marker
+from ansible_collections.grus.backup.plugins.module_utils._rsync_options import (
     SyncError,
     SyncOptions,
     build_rsync_argv,
-    classify_exit,
     dest_dir,
-    hold_lock,
     is_excluded,
+    split_remote,
+)
+from ansible_collections.grus.backup.plugins.module_utils._rsync_output import (
+    Change,
+    classify_exit,
     parse_itemized,
     parse_stats,
-    select_volumes,
-    split_remote,
-    sync,
-    write_marker,
 )
 from ansible_collections.grus.backup.plugins.module_utils._runner import CommandNotFound, Result
+from ansible_collections.grus.backup.plugins.module_utils._sync_lock import hold_lock
 
 STATS = """
 Number of files: 8 (reg: 4, dir: 3, link: 1)
@@ -66,9 +66,7 @@ sending incremental file list
 def opts(tmp_path=None, **kw):
     base = {"src": "/srv/volumes", "dest": "/mnt/antigone/balearica", "lock": None}
     base.update(kw)
-    options = SyncOptions(**base)
-    options.validate()
-    return options
+    return SyncOptions(**base)
 
 
 # ---- option -> argv -----------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import os
 import time
 
 import pytest
-from ansible_collections.grus.backup.plugins.module_utils import _borg
+from ansible_collections.grus.backup.plugins.module_utils import _borg_repo, _borg_validate, _borg_version
 from ansible_collections.grus.backup.plugins.module_utils._runner import Result
 from ansible_collections.grus.backup.plugins.modules import borg_archive
 from conftest import borg_log_line, borg_subcommand
@@ -133,7 +133,7 @@ class FakeBorg:
         if "--dry-run" not in argv:
             strip = int(argv[argv.index("--strip-components") + 1]) if "--strip-components" in argv else 0
             for item in self.items[name]:
-                target = _borg.strip_path(item["path"], strip)
+                target = _borg_validate.strip_path(item["path"], strip)
                 if not target or (patterns and not any(item["path"].startswith(p) for p in patterns)):
                     continue
                 path = os.path.join(cwd, target)
@@ -157,8 +157,9 @@ class FakeBorg:
 @pytest.fixture
 def fake(monkeypatch):
     borg = FakeBorg()
-    monkeypatch.setattr(_borg, "run", borg)
-    monkeypatch.setattr(_borg, "VERSION_CACHE", "")  # never write to the home of whoever runs the tests
+    monkeypatch.setattr(_borg_repo, "run", borg)
+    monkeypatch.setattr(_borg_version, "run", borg)
+    monkeypatch.setattr(_borg_version, "VERSION_CACHE", "")  # never write to the home of whoever runs the tests
 
     def fake_stream(argv, on_line, env=None, cwd=None, inherit_env=True, secrets=()):
         result = borg(argv, env=env, cwd=cwd, secrets=secrets)
@@ -166,7 +167,7 @@ def fake(monkeypatch):
             on_line(line)
         return Result(result.argv, result.rc, "", result.stderr)
 
-    monkeypatch.setattr(_borg, "stream", fake_stream)
+    monkeypatch.setattr(_borg_repo, "stream", fake_stream)
     yield borg
     for call in borg.calls:
         assert not any(SECRET in arg for arg in call["argv"]), call["argv"]

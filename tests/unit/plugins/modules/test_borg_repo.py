@@ -7,7 +7,7 @@ import json
 import os
 
 import pytest
-from ansible_collections.grus.backup.plugins.module_utils import _borg
+from ansible_collections.grus.backup.plugins.module_utils import _borg_repo, _borg_validate, _borg_version
 from ansible_collections.grus.backup.plugins.module_utils._runner import Result
 from ansible_collections.grus.backup.plugins.modules import borg_repo
 from conftest import borg_log_line, borg_subcommand
@@ -69,7 +69,7 @@ class FakeBorg:
             os.makedirs(self.repo_dir, exist_ok=True)
             quota = argv[argv.index("--storage-quota") + 1] if "--storage-quota" in argv else "0"
             self.write_config(
-                append_only="1" if "--append-only" in argv else "0", storage_quota=str(_borg.parse_size(quota))
+                append_only="1" if "--append-only" in argv else "0", storage_quota=str(_borg_validate.parse_size(quota))
             )
         return Result(argv, 0, "", log_line("IMPORTANT: you will need both KEY AND PASSPHRASE", levelname="WARNING"))
 
@@ -106,7 +106,9 @@ class FakeBorg:
 @pytest.fixture
 def fake(monkeypatch):
     borg = FakeBorg()
-    monkeypatch.setattr(_borg, "run", borg)
+    monkeypatch.setattr(_borg_repo, "run", borg)
+    monkeypatch.setattr(_borg_version, "run", borg)
+    monkeypatch.setattr(_borg_version, "VERSION_CACHE", "")  # never write to the home of whoever runs the tests
     yield borg
     for call in borg.calls:
         assert not any(SECRET in arg for arg in call["argv"]), call["argv"]
@@ -272,7 +274,7 @@ def test_local_append_only_and_quota(fake, run_module, tmp_path):
     result = run_module(args(repo=str(repo), append_only=False), check=True, diff=True)
     assert result["changed"] and result["diff"]["before"]["append_only"] is True
     assert result["diff"]["after"]["append_only"] is False
-    assert _borg.read_local_repo_config(str(repo))["append_only"] == "1"
+    assert _borg_repo.read_local_repo_config(str(repo))["append_only"] == "1"
     fake.calls.clear()
     result = run_module(args(repo=str(repo), append_only=False, storage_quota="0"))
     assert result["changed"] and result["append_only"] is False and result["storage_quota"] == 0

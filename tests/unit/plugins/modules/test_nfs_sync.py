@@ -7,12 +7,8 @@ import dataclasses
 import pytest
 from ansible.module_utils import basic
 from ansible.module_utils.testing import patch_module_args
-from ansible_collections.grus.backup.plugins.module_utils._rsync import (
-    Change,
-    SyncError,
-    SyncOptions,
-    SyncResult,
-)
+from ansible_collections.grus.backup.plugins.module_utils._rsync_options import SyncError, SyncOptions
+from ansible_collections.grus.backup.plugins.module_utils._rsync_output import Change, SyncResult
 from ansible_collections.grus.backup.plugins.modules import nfs_sync
 
 

@@ -1,0 +1,228 @@
+# Copyright: (c) 2026, grus.backup developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""A sync's options (``SyncOptions``, checked once when made) and the one rsync command line they give.
+
+layer 2: may import _marker.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+from dataclasses import asdict, dataclass, field, fields
+
+from . import _marker
+
+DEFAULT_MARKER_NAME = _marker.DEFAULT_NAME
+
+
+DEFAULT_LOCK = "/run/lock/grus-backup-nfs-sync.lock"
+
+
+DEFAULT_LOCK_TIMEOUT = 300
+
+
+_BWLIMIT_RE = re.compile(r"^[0-9]+(\.[0-9]+)?[bBkKmMgGtTpP]?$")
+
+
+# [user@]host:path, host may be a bracketed IPv6 address; a slash before the colon means a local path.
+_REMOTE_RE = re.compile(r"^(?P<host>(?:[^@/:]+@)?(?:\[[^\]/]+\]|[^/:\[\]]+)):(?P<path>.*)$")
+
+
+class SyncError(Exception):
+    """A sync that did not happen, or did not complete.
+
+    ``kind`` says why: ``usage`` (bad options), ``guard`` (refused before rsync),
+    ``lock`` (another sync holds the lock), ``max_delete``, ``partial``, ``error``
+    (rsync failed) or ``marker`` (synced, but the marker could not be written).
+    ``result`` is the :class:`SyncResult` so far, when rsync ran.
+    """
+
+    def __init__(self, kind: str, message: str, result=None):
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.result = result
+
+
+@dataclass
+class SyncOptions:
+    """Everything one sync needs; the field names are the nfs_sync module's option names."""
+
+    src: str
+    dest: str
+    volumes: list | None = None
+    exclude: list = field(default_factory=list)
+    delete: bool = True
+    max_delete: int | None = None
+    preserve_acls: bool = True
+    preserve_xattrs: bool = True
+    preserve_hardlinks: bool = True
+    numeric_ids: bool = True
+    bwlimit: str | None = None
+    checksum: bool = False
+    rsh: str | None = None
+    io_timeout: int | None = None
+    marker: bool = True
+    marker_name: str = DEFAULT_MARKER_NAME
+    lock: str | None = DEFAULT_LOCK
+    lock_timeout: int = DEFAULT_LOCK_TIMEOUT
+    allow_empty: bool = False
+    dry_run: bool = False
+    itemize: bool = True
+    rsync: str = "rsync"
+    source_host: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict) -> SyncOptions:
+        """Options from a mapping with the module's option names; ``None`` means the default."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise SyncError("usage", f"unknown sync option(s): {', '.join(unknown)}")
+        for required in ("src", "dest"):
+            if not data.get(required):
+                raise SyncError("usage", f"the sync option {required!r} is required")
+        return cls(**{k: v for k, v in data.items() if v is not None})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def __post_init__(self) -> None:
+        # Options are checked once, when made, however they are made (module, job, tests).
+        self.validate()
+
+    def validate(self) -> None:
+        """Normalise and check the options; raise SyncError('usage') on nonsense."""
+        if not self.src:
+            raise SyncError("usage", "src is required")
+        if not self.dest:
+            raise SyncError("usage", "dest is required")
+        self.src = os.path.abspath(os.path.expanduser(self.src))
+        host, path = split_remote(self.dest)
+        if host is None:
+            self.dest = os.path.abspath(os.path.expanduser(self.dest))
+            if self.dest == "/":
+                raise SyncError("usage", "refusing to sync into / (dest)")
+        elif self.dest.startswith("rsync://") or path.startswith(":"):
+            raise SyncError("usage", f"rsync daemon destinations are not supported (dest={self.dest}); use host:path")
+        if self.volumes is not None:
+            self.volumes = list(dict.fromkeys(str(v) for v in self.volumes))
+            for name in self.volumes:
+                check_plain_name(name, "volume name", "a directory name directly under src")
+        self.exclude = [str(p) for p in (self.exclude or [])]
+        for pattern in self.exclude:
+            if not pattern or "\n" in pattern:
+                raise SyncError("usage", f"invalid exclude pattern {pattern!r}")
+        if self.max_delete is not None:
+            self.max_delete = int(self.max_delete)
+            if self.max_delete < 0:
+                raise SyncError("usage", "max_delete must be 0 or more")
+        if self.bwlimit is not None:
+            self.bwlimit = str(self.bwlimit).strip()
+            if not _BWLIMIT_RE.match(self.bwlimit):
+                raise SyncError("usage", f"invalid bwlimit {self.bwlimit!r}: use KiB/s, or a number with K, M or G")
+        if self.io_timeout is not None:
+            self.io_timeout = int(self.io_timeout)
+            if self.io_timeout < 0:
+                raise SyncError("usage", "io_timeout must be 0 (none) or more seconds")
+        if self.marker:
+            check_plain_name(self.marker_name, "marker_name", "a plain file name, written in dest")
+        self.lock_timeout = int(self.lock_timeout)
+        if self.lock_timeout < 0:
+            raise SyncError("usage", "lock_timeout must be 0 or more seconds")
+        if not self.lock:
+            self.lock = None
+        if self.rsh is not None and not str(self.rsh).strip():
+            self.rsh = None
+
+
+def split_remote(dest: str):
+    """``(host, path)`` for an rsync ``[user@]host:path``; ``(None, dest)`` for a local path."""
+    match = _REMOTE_RE.match(dest)
+    if not match:
+        return None, dest
+    return match.group("host"), match.group("path")
+
+
+def check_plain_name(name: str, option: str, meaning: str) -> None:
+    """Refuse a name that is not one plain path component (volumes, the marker)."""
+    if not name or name in (".", "..") or "/" in name or "\0" in name or "\n" in name:
+        raise SyncError("usage", f"invalid {option} {name!r}: {meaning}")
+
+
+def is_excluded(name: str, patterns) -> bool:
+    """Whether an rsync exclude pattern matches the top-level volume ``name``.
+
+    Only patterns that name one path component are considered (``logs``,
+    ``/logs``, ``logs/``, ``conn*``): those are the ones that exclude a whole
+    volume. Deeper patterns act inside volumes and are left to rsync.
+    """
+    for pattern in patterns:
+        core = pattern.rstrip("/")
+        core = core[1:] if core.startswith("/") else core
+        if core and "/" not in core and fnmatch.fnmatchcase(name, core):
+            return True
+    return False
+
+
+def dest_dir(dest: str) -> str:
+    """``dest`` as rsync's destination directory argument (always ending in ``/``)."""
+    host, path = split_remote(dest)
+    if host is not None:
+        return f"{host}:{path.rstrip('/')}/" if path.rstrip("/") else f"{host}:{path}"
+    return dest.rstrip("/") + "/"
+
+
+def rsync_flags(options: SyncOptions, preflight: bool = False) -> list:
+    """The rsync options of a sync, without program name and paths.
+
+    This is the one place where the sync's rsync options are decided; the
+    scheduled job and the module both get them from here. ``preflight``: the dry run
+    that counts deletions before the real run (itemised, changes nothing).
+    """
+    flags = ["--archive"]  # -rlptgoD: recursion, links, perms, times, owner, group, devices/specials
+    if options.preserve_hardlinks:
+        flags.append("--hard-links")
+    if options.preserve_acls:
+        flags.append("--acls")
+    if options.preserve_xattrs:
+        flags.append("--xattrs")
+    if options.numeric_ids:
+        flags.append("--numeric-ids")  # service uids need not exist by name on the key holder
+    flags.append("--relative")  # src/./vol -> dest/vol, see the module docstring
+    if options.delete:
+        flags.append("--delete")
+    if options.max_delete is not None:
+        flags.append(f"--max-delete={options.max_delete}")
+    if options.checksum:
+        flags.append("--checksum")
+    if options.bwlimit:
+        flags.append(f"--bwlimit={options.bwlimit}")
+    if options.io_timeout:
+        flags.append(f"--timeout={options.io_timeout}")
+    if options.rsh:
+        flags.append(f"--rsh={options.rsh}")
+    if options.itemize or preflight:
+        flags.append("--itemize-changes")
+    # Plain numbers whatever the locale (no thousands separators to guess).
+    flags += ["--stats", "--no-human-readable"]
+    if options.dry_run or preflight:
+        flags.append("--dry-run")
+    if options.marker_name:
+        # The marker lives beside the volumes, outside what rsync sends; this also keeps a
+        # volume that happens to share its name from clobbering it.
+        flags.append(f"--exclude=/{options.marker_name}")
+    flags += [f"--exclude={pattern}" for pattern in options.exclude]
+    return flags
+
+
+def build_rsync_argv(options: SyncOptions, volumes=None, preflight: bool = False) -> list:
+    """The complete rsync command line (a list) for ``volumes`` (default ``options.volumes``)."""
+    volumes = options.volumes if volumes is None else volumes
+    if not volumes:
+        raise SyncError("usage", "no volume to sync: list volumes or discover them with select_volumes()")
+    src = options.src.rstrip("/") or "/"
+    sources = [f"{src}/./{name}" for name in volumes]
+    return [options.rsync, *rsync_flags(options, preflight), *sources, dest_dir(options.dest)]
