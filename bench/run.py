@@ -1011,7 +1011,7 @@ def ci_text(target: dict) -> str:
     return f"{low:g} to {high:g} ({target['ci_coverage']:.0%}), {state}"
 
 
-def markdown(report: dict) -> str:
+def markdown(report: dict) -> str:  # noqa: PLR0915 - the report, section by section, reads top to bottom
     lines = []
     ds = report["dataset"]
     lines.append(f"# grus.backup benchmark, {report['started']}")
@@ -1175,7 +1175,7 @@ def parse_args(argv=None):
     return args
 
 
-def main(argv=None) -> int:
+def main(argv=None) -> int:  # noqa: PLR0912, PLR0915 - the benchmark script, step by step, as the README tells it
     args = parse_args(argv)
     global VERBOSE  # noqa: PLW0603 - one switch for the whole script
     VERBOSE = args.verbose

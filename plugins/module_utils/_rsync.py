@@ -84,6 +84,16 @@ def select_volumes(options: SyncOptions):
     empty volume (an unmounted disk) unless ``allow_empty``; a local ``dest`` that overlaps
     ``src``. Volumes matched by an exclude pattern are left out (and reported).
     """
+    _check_source(options)
+    names = _discovered_volumes(options) if options.volumes is None else _listed_volumes(options)
+    excluded = [n for n in names if is_excluded(n, options.exclude)]
+    volumes = [n for n in names if n not in excluded]
+    if not options.allow_empty:
+        _refuse_empty(options.src, names, volumes)
+    return volumes, excluded
+
+
+def _check_source(options: SyncOptions) -> None:
     src = options.src
     if not os.path.exists(src):
         raise SyncError("guard", f"refusing to sync: source directory {src} does not exist")
@@ -92,44 +102,50 @@ def select_volumes(options: SyncOptions):
     host, _path = split_remote(options.dest)
     if host is None and _overlaps(src, options.dest):
         raise SyncError("guard", f"refusing to sync: dest {options.dest} and src {src} overlap")
-    if options.volumes is None:
-        with os.scandir(src) as entries:
-            names = sorted(e.name for e in entries if e.is_dir(follow_symlinks=False) and e.name not in NOT_VOLUMES)
-        if not names and not options.allow_empty:
-            raise SyncError(
-                "guard",
-                f"refusing to sync: source {src} holds no volume (is its disk mounted?); "
-                "set allow_empty to sync an empty source",
-            )
-    elif not options.volumes and not options.allow_empty:
+
+
+def _discovered_volumes(options: SyncOptions) -> list:
+    with os.scandir(options.src) as entries:
+        names = sorted(e.name for e in entries if e.is_dir(follow_symlinks=False) and e.name not in NOT_VOLUMES)
+    if not names and not options.allow_empty:
+        raise SyncError(
+            "guard",
+            f"refusing to sync: source {options.src} holds no volume (is its disk mounted?); "
+            "set allow_empty to sync an empty source",
+        )
+    return names
+
+
+def _listed_volumes(options: SyncOptions) -> list:
+    src, names = options.src, list(options.volumes)
+    if not names and not options.allow_empty:
         raise SyncError("guard", "refusing to sync: volumes is an empty list; set allow_empty to sync nothing")
-    else:
-        names = list(options.volumes)
-        missing = [n for n in names if not os.path.lexists(os.path.join(src, n))]
-        if missing:
-            raise SyncError(
-                "guard",
-                f"refusing to sync: volume(s) {', '.join(missing)} missing under {src} (is the disk mounted?)",
-            )
-        for name in names:
-            path = os.path.join(src, name)
-            if os.path.islink(path):
-                raise SyncError("guard", f"refusing to sync: volume {path} is a symlink; list its target instead")
-            if not os.path.isdir(path):
-                raise SyncError("guard", f"refusing to sync: volume {path} is not a directory")
-    excluded = [n for n in names if is_excluded(n, options.exclude)]
-    volumes = [n for n in names if n not in excluded]
-    if not volumes and names and not options.allow_empty:
+    missing = [n for n in names if not os.path.lexists(os.path.join(src, n))]
+    if missing:
+        raise SyncError(
+            "guard",
+            f"refusing to sync: volume(s) {', '.join(missing)} missing under {src} (is the disk mounted?)",
+        )
+    for name in names:
+        path = os.path.join(src, name)
+        if os.path.islink(path):
+            raise SyncError("guard", f"refusing to sync: volume {path} is a symlink; list its target instead")
+        if not os.path.isdir(path):
+            raise SyncError("guard", f"refusing to sync: volume {path} is not a directory")
+    return names
+
+
+def _refuse_empty(src: str, names: list, volumes: list) -> None:
+    """An unmounted disk shows as an empty directory: mirroring it would wipe the copy."""
+    if not volumes and names:
         raise SyncError("guard", f"refusing to sync: every volume under {src} is excluded; nothing to sync")
-    if not options.allow_empty:
-        empty = [n for n in volumes if _is_empty_dir(os.path.join(src, n))]
-        if empty:
-            raise SyncError(
-                "guard",
-                f"refusing to sync: volume(s) {', '.join(empty)} under {src} are empty (unmounted disk?); "
-                "syncing would wipe the copy in dest. Set allow_empty if this is intended",
-            )
-    return volumes, excluded
+    empty = [n for n in volumes if _is_empty_dir(os.path.join(src, n))]
+    if empty:
+        raise SyncError(
+            "guard",
+            f"refusing to sync: volume(s) {', '.join(empty)} under {src} are empty (unmounted disk?); "
+            "syncing would wipe the copy in dest. Set allow_empty if this is intended",
+        )
 
 
 def build_marker(options: SyncOptions, volumes, stats: dict, rsync_rc: int, started: float, finished: float) -> dict:

@@ -95,6 +95,20 @@ class SyncOptions:
 
     def validate(self) -> None:
         """Normalise and check the options; raise SyncError('usage') on nonsense."""
+        self._validate_places()
+        self._validate_names()
+        self.max_delete = _count_or_none(self.max_delete, "max_delete must be 0 or more")
+        self.io_timeout = _count_or_none(self.io_timeout, "io_timeout must be 0 (none) or more seconds")
+        self.lock_timeout = _count_or_none(self.lock_timeout, "lock_timeout must be 0 or more seconds")
+        if self.bwlimit is not None:
+            self.bwlimit = str(self.bwlimit).strip()
+            if not _BWLIMIT_RE.match(self.bwlimit):
+                raise SyncError("usage", f"invalid bwlimit {self.bwlimit!r}: use KiB/s, or a number with K, M or G")
+        self.lock = self.lock or None
+        if self.rsh is not None and not str(self.rsh).strip():
+            self.rsh = None
+
+    def _validate_places(self) -> None:
         if not self.src:
             raise SyncError("usage", "src is required")
         if not self.dest:
@@ -107,6 +121,8 @@ class SyncOptions:
                 raise SyncError("usage", "refusing to sync into / (dest)")
         elif self.dest.startswith("rsync://") or path.startswith(":"):
             raise SyncError("usage", f"rsync daemon destinations are not supported (dest={self.dest}); use host:path")
+
+    def _validate_names(self) -> None:
         if self.volumes is not None:
             self.volumes = list(dict.fromkeys(str(v) for v in self.volumes))
             for name in self.volumes:
@@ -115,27 +131,18 @@ class SyncOptions:
         for pattern in self.exclude:
             if not pattern or "\n" in pattern:
                 raise SyncError("usage", f"invalid exclude pattern {pattern!r}")
-        if self.max_delete is not None:
-            self.max_delete = int(self.max_delete)
-            if self.max_delete < 0:
-                raise SyncError("usage", "max_delete must be 0 or more")
-        if self.bwlimit is not None:
-            self.bwlimit = str(self.bwlimit).strip()
-            if not _BWLIMIT_RE.match(self.bwlimit):
-                raise SyncError("usage", f"invalid bwlimit {self.bwlimit!r}: use KiB/s, or a number with K, M or G")
-        if self.io_timeout is not None:
-            self.io_timeout = int(self.io_timeout)
-            if self.io_timeout < 0:
-                raise SyncError("usage", "io_timeout must be 0 (none) or more seconds")
         if self.marker:
             check_plain_name(self.marker_name, "marker_name", "a plain file name, written in dest")
-        self.lock_timeout = int(self.lock_timeout)
-        if self.lock_timeout < 0:
-            raise SyncError("usage", "lock_timeout must be 0 or more seconds")
-        if not self.lock:
-            self.lock = None
-        if self.rsh is not None and not str(self.rsh).strip():
-            self.rsh = None
+
+
+def _count_or_none(value, message: str):
+    """``value`` as an int >= 0 (``None`` stays ``None``); SyncError('usage', message) otherwise."""
+    if value is None:
+        return None
+    value = int(value)
+    if value < 0:
+        raise SyncError("usage", message)
+    return value
 
 
 def split_remote(dest: str):
@@ -175,6 +182,17 @@ def dest_dir(dest: str) -> str:
     return dest.rstrip("/") + "/"
 
 
+# Boolean options, in the order of the command line.
+_SWITCHES_BEFORE_RELATIVE = (
+    ("preserve_hardlinks", "--hard-links"),
+    ("preserve_acls", "--acls"),
+    ("preserve_xattrs", "--xattrs"),
+    ("numeric_ids", "--numeric-ids"),  # service uids need not exist by name on the key holder
+)
+# Options with a value, left out when unset (or 0: no I/O timeout).
+_VALUED = (("bwlimit", "--bwlimit"), ("io_timeout", "--timeout"), ("rsh", "--rsh"))
+
+
 def rsync_flags(options: SyncOptions, preflight: bool = False) -> list:
     """The rsync options of a sync, without program name and paths.
 
@@ -183,14 +201,7 @@ def rsync_flags(options: SyncOptions, preflight: bool = False) -> list:
     that counts deletions before the real run (itemised, changes nothing).
     """
     flags = ["--archive"]  # -rlptgoD: recursion, links, perms, times, owner, group, devices/specials
-    if options.preserve_hardlinks:
-        flags.append("--hard-links")
-    if options.preserve_acls:
-        flags.append("--acls")
-    if options.preserve_xattrs:
-        flags.append("--xattrs")
-    if options.numeric_ids:
-        flags.append("--numeric-ids")  # service uids need not exist by name on the key holder
+    flags += [flag for option, flag in _SWITCHES_BEFORE_RELATIVE if getattr(options, option)]
     flags.append("--relative")  # src/./vol -> dest/vol, see the module docstring
     if options.delete:
         flags.append("--delete")
@@ -198,12 +209,7 @@ def rsync_flags(options: SyncOptions, preflight: bool = False) -> list:
         flags.append(f"--max-delete={options.max_delete}")
     if options.checksum:
         flags.append("--checksum")
-    if options.bwlimit:
-        flags.append(f"--bwlimit={options.bwlimit}")
-    if options.io_timeout:
-        flags.append(f"--timeout={options.io_timeout}")
-    if options.rsh:
-        flags.append(f"--rsh={options.rsh}")
+    flags += [f"{flag}={getattr(options, option)}" for option, flag in _VALUED if getattr(options, option)]
     if options.itemize or preflight:
         flags.append("--itemize-changes")
     # Plain numbers whatever the locale (no thousands separators to guess).
