@@ -3,7 +3,7 @@
 """Documentation shared by the modules that run borg (grus.backup.borg_repo, grus.backup.borg_archive).
 
 The options documented in DOCUMENTATION are the argument spec
-BORG_COMMON_ARGUMENT_SPEC in plugins/module_utils/_borg.py: change both together.
+BORG_COMMON_ARGUMENT_SPEC in plugins/module_utils/_argspec.py: change both together (a unit test compares them).
 """
 
 from __future__ import annotations

@@ -177,7 +177,7 @@ notes:
     counts the restored files and bytes on disk; into a non-empty O(dest) the archive's item list is read
     first (streamed, a few fields per item) to compare and, afterwards, to verify what was written.
   - V(pruned) refuses (and deletes nothing) when the newest matching archive lies more than five minutes in
-    the future: this host's clock went backwards, and a O(keep_within) window would slide.
+    the future, because then this host's clock went backwards and a O(keep_within) window would slide.
   - V(present) does not list the repository before creating; borg itself refuses an existing archive
     name before reading any file, and the module reports that as unchanged.
   - The borg version is checked on every call and remembered per borg binary in

@@ -14,7 +14,6 @@ import pytest
 import yaml
 from ansible_collections.grus.backup.plugins.doc_fragments.borg import ModuleDocFragment
 from ansible_collections.grus.backup.plugins.module_utils import (
-    _argspec,
     _borg_argv,
     _borg_failures,
     _borg_parse,
@@ -192,22 +191,6 @@ def test_env_reaches_the_child_without_stray_parent_secrets(monkeypatch):
 
 
 # ------------------------------------------------------------------ shared options = doc fragment
-
-
-def test_common_argument_spec_matches_doc_fragment():
-    doc = yaml.safe_load(ModuleDocFragment.DOCUMENTATION)["options"]
-    spec = _argspec.BORG_COMMON_ARGUMENT_SPEC
-    assert (
-        set(doc)
-        == set(spec)
-        == {"repo", "passphrase", "passcommand", "rsh", "remote_path", "lock_wait", "host_id", "keys_dir", "base_dir"}
-    )
-    for name, option in spec.items():
-        assert doc[name]["type"] == option["type"], name
-        assert doc[name].get("default") == option.get("default"), name
-        assert bool(doc[name].get("required")) == bool(option.get("required")), name
-    assert spec["passphrase"]["no_log"] is True
-    assert spec["lock_wait"]["default"] == 60
 
 
 def test_action_group_fragment_names_the_group():

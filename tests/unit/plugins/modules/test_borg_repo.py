@@ -7,7 +7,7 @@ import json
 import os
 
 import pytest
-from ansible_collections.grus.backup.plugins.module_utils import _borg_repo, _borg_validate, _borg_version
+from ansible_collections.grus.backup.plugins.module_utils import _argspec, _borg_repo, _borg_validate, _borg_version
 from ansible_collections.grus.backup.plugins.module_utils._runner import Result
 from ansible_collections.grus.backup.plugins.modules import borg_repo
 from conftest import borg_log_line, borg_subcommand
@@ -232,9 +232,19 @@ def test_passcommand_goes_to_env(fake, run_module):
     assert env["BORG_HOST_ID"] == "antigone"
 
 
-def test_passphrase_and_passcommand_are_exclusive(fake, run_module):
+def test_passphrase_with_passcommand_is_refused_before_borg_runs(fake, run_module):
+    # Our spec, not Ansible's machinery: borg_env would let the passphrase win silently, so the
+    # common options make the two exclusive, and the refusal comes before any borg call.
+    assert ("passphrase", "passcommand") in _argspec.BORG_COMMON_MUTUALLY_EXCLUSIVE
     result = run_module(args(passcommand="cat /x"))
-    assert result["failed"] and "mutually exclusive" in result["msg"]
+    assert result["failed"] and "passphrase|passcommand" in result["msg"]
+    assert fake.calls == [] and not fake.exists  # neither borg --version nor borg init ran
+    # each alone is accepted, and reaches borg only through the environment
+    fake.exists = True
+    repo = args()["repo"]
+    for given in ({"repo": repo, "passcommand": "cat /x"}, args()):
+        assert not run_module(given)["failed"]
+    assert [c["env"]["BORG_PASSCOMMAND"] for c in fake.calls if c["argv"][1:] != ["--version"]] == ["cat /x", None]
 
 
 def test_key_export_idempotent_and_0600(fake, run_module, tmp_path):

@@ -1,0 +1,79 @@
+"""The scheduled jobs run with exactly the module utilities their roles ship, and nothing else.
+
+The file lists are read from the roles' YAML, so a role that forgets a file (or ships one the job
+does not import) fails here, not on a host at 04:00.
+"""
+
+from __future__ import annotations
+
+import ast
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[4]
+MODULE_UTILS = ROOT / "plugins" / "module_utils"
+SHIPPING_TASK = "Install the collection's module_utils as a package"
+
+JOBS = [
+    # (role tasks file, entry point the systemd unit runs)
+    (ROOT / "roles" / "key_holder" / "tasks" / "code.yml", "_backup_job"),
+    (ROOT / "roles" / "sync_client" / "tasks" / "main.yml", "_rsync"),
+]
+
+
+def shipped_files(tasks_file: Path) -> list:
+    tasks = yaml.safe_load(tasks_file.read_text())
+    (task,) = [t for t in tasks if str(t.get("name", "")).startswith(SHIPPING_TASK)]
+    return list(task["loop"])
+
+
+def relative_imports(module: str) -> set:
+    """The sibling modules ``module`` imports (``from ._x import ...``, ``from . import _x``)."""
+    tree = ast.parse((MODULE_UTILS / f"{module}.py").read_text())
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            found.update([node.module] if node.module else [alias.name for alias in node.names])
+    return found
+
+
+def import_closure(entry: str) -> set:
+    seen, todo = set(), [entry]
+    while todo:
+        module = todo.pop()
+        if module not in seen:
+            seen.add(module)
+            todo.extend(relative_imports(module))
+    return seen
+
+
+@pytest.mark.parametrize(("tasks_file", "entry"), JOBS, ids=[entry for _tasks, entry in JOBS])
+def test_the_role_ships_exactly_what_the_job_imports(tasks_file, entry):
+    shipped = {Path(name).stem for name in shipped_files(tasks_file)}
+    assert shipped == import_closure(entry)
+
+
+@pytest.mark.parametrize(("tasks_file", "entry"), JOBS, ids=[entry for _tasks, entry in JOBS])
+def test_the_job_runs_from_the_shipped_files_alone(tmp_path, tasks_file, entry):
+    package = tmp_path / "grus_backup"
+    package.mkdir()
+    (package / "__init__.py").write_text("# as the role writes it\n")
+    for name in shipped_files(tasks_file):
+        shutil.copy(MODULE_UTILS / name, package / name)
+    # As the systemd unit runs it: the system python, only the package on the path, no collection.
+    proc = subprocess.run(
+        [sys.executable, "-s", "-m", f"grus_backup.{entry}", "--help"],
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "--config" in proc.stdout
