@@ -102,6 +102,14 @@ def test_fresh_marker_is_ok(job):
     marker.write_text(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}))
     proc = job["run"]()
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["warnings"] == [] and report["errors"] == [] and report["exit_status"] == 0
+    # the archive is in the repository, and this run's own prune kept it and deleted nothing
+    name = report["archive"]["name"]
+    assert archives(job) == [name] and report["kept"] == [name] and report["pruned"] == []
+    (seen,) = report["markers"]
+    assert seen["path"] == str(marker) and seen["state"] == "done" and seen["stale"] is False
+    assert 0 <= seen["age_minutes"] < 5 and abs(seen["clock_skew_seconds"]) <= 2
 
 
 def test_retention_prunes_old_keeps_recent_and_guard_refuses(job):
