@@ -3,7 +3,9 @@
 """The borg modules' common options: the argument-spec half (the doc half is the
 ``grus.backup.borg`` doc fragment; a unit test keeps the two in step).
 
-layer 4: may import _borg_argv. Used by the modules only.
+layer 4: may import _borg_argv.
+
+Used by the modules only.
 """
 
 from __future__ import annotations

@@ -2,8 +2,7 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The key holder's scheduled backup run: guards, one archive, guarded prune.
 
-layer 7 (the top): may import _runner, _borg_failures, _borg_validate, _borg_parse, _borg_argv,
-_borg_version, _borg_repo, _prune, _marker.
+layer 7: may import _config, _marker, _borg_argv, _borg_failures, _borg_validate, _borg_version, _borg_repo, _prune
 
 Private to grus.backup and pure standard library. The ``key_holder`` role ships
 this file with the module utilities it imports (and nothing else) as a plain
@@ -55,7 +54,7 @@ import os
 import socket
 import sys
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 from . import _marker
@@ -64,6 +63,7 @@ from ._borg_failures import BorgError
 from ._borg_repo import BorgRepo, create_archive
 from ._borg_validate import validate_retention
 from ._borg_version import cached_borg_version
+from ._config import dataclass_kwargs
 from ._prune import DEFAULT_CLOCK_TOLERANCE, DEFAULT_MAX_DELETIONS, guarded_prune
 
 EXIT_OK = 0
@@ -121,14 +121,10 @@ class JobConfig:
             raise JobError("usage", "the configuration must be a JSON object")
         if "passphrase" in data:
             raise JobError("usage", "never put the passphrase in the configuration; use passcommand")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise JobError("usage", f"unknown configuration key(s): {', '.join(unknown)}")
-        for required in ("repo", "paths"):
-            if not data.get(required):
-                raise JobError("usage", f"the configuration key {required!r} is required")
-        config = cls(**{k: v for k, v in data.items() if v is not None})
+        try:
+            config = cls(**dataclass_kwargs(cls, data, ("repo", "paths"), "configuration key"))
+        except ValueError as exc:
+            raise JobError("usage", str(exc)) from exc
         config.validate()
         return config
 

@@ -2,7 +2,7 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The sync freshness marker (``.grus-sync.json``): its one owner.
 
-layer 1: may import nothing of grus.backup (standard library only).
+layer 0: may import nothing of grus.backup (standard library only).
 
 The sync client writes it (``_rsync``), the key holder's backup reads it (``_backup_job``):
 name, format version, states, building, writing (atomic), reading and judging freshness all

@@ -2,8 +2,9 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Restore planning: what ``borg extract`` would write, whether it is there already, and totals.
 
-layer 6: may import _borg_failures, _borg_validate, _borg_parse, _borg_repo. Used by the modules only
-(the scheduled job never restores, and does not ship this file).
+layer 6: may import _borg_failures, _borg_validate, _borg_parse, _borg_repo.
+
+Used by the modules only (the scheduled job never restores, and does not ship this file).
 """
 
 from __future__ import annotations

@@ -2,6 +2,8 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The guarded volume sync: one rsync argv, guards, lock, freshness marker.
 
+layer 3: may import _runner, _marker, _rsync_output, _rsync_options, _sync_lock.
+
 Private to grus.backup and pure standard library. The ``nfs_sync`` module and the
 scheduled job that the ``sync_client`` role installs both call :func:`sync`, so a
 timer-driven sync and an Ansible-driven one run the very same rsync command:

@@ -2,7 +2,7 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """A sync's options (``SyncOptions``, checked once when made) and the one rsync command line they give.
 
-layer 2: may import _marker.
+layer 1: may import _config, _marker.
 """
 
 from __future__ import annotations
@@ -10,9 +10,10 @@ from __future__ import annotations
 import fnmatch
 import os
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 
 from . import _marker
+from ._config import dataclass_kwargs
 
 DEFAULT_MARKER_NAME = _marker.DEFAULT_NAME
 
@@ -77,14 +78,11 @@ class SyncOptions:
     @classmethod
     def from_dict(cls, data: dict) -> SyncOptions:
         """Options from a mapping with the module's option names; ``None`` means the default."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise SyncError("usage", f"unknown sync option(s): {', '.join(unknown)}")
-        for required in ("src", "dest"):
-            if not data.get(required):
-                raise SyncError("usage", f"the sync option {required!r} is required")
-        return cls(**{k: v for k, v in data.items() if v is not None})
+        try:
+            kwargs = dataclass_kwargs(cls, data, ("src", "dest"), "sync option")
+        except ValueError as exc:
+            raise SyncError("usage", str(exc)) from exc
+        return cls(**kwargs)
 
     def to_dict(self) -> dict:
         return asdict(self)

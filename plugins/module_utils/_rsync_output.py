@@ -2,7 +2,7 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Reading rsync: exit codes, ``--itemize-changes`` lines, ``--stats``, and a sync's result.
 
-layer 1: may import nothing of grus.backup (standard library only).
+layer 0: may import nothing of grus.backup (standard library only).
 """
 
 from __future__ import annotations

@@ -2,6 +2,8 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Run external commands: argument lists only, explicit environment, no shell.
 
+layer 0: may import nothing of grus.backup (standard library only).
+
 Private to grus.backup and pure standard library, so that the same code can be
 shipped beside the scheduled jobs (see the roles) and imported by the modules.
 Secrets never travel in argv: callers pass them in ``env`` (or a passcommand)

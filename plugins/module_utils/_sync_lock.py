@@ -2,7 +2,7 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The sync's lock: an exclusive ``flock`` shared by the ``nfs_sync`` module and the scheduled sync.
 
-layer 3: may import _rsync_options.
+layer 2: may import _rsync_options.
 """
 
 from __future__ import annotations
