@@ -134,26 +134,17 @@ class BorgRepo:
         try:
             result = call()
         except CommandNotFound as exc:
-            raise BorgError(
-                f"borg is not installed ({exc}); needed for repository {self.repo}",
-                cause="borg_missing",
-                repo=self.repo,
+            raise self.refuse(
+                f"borg is not installed ({exc}); needed for repository {self.repo}", "borg_missing"
             ) from exc
         except ValueError as exc:
             if "secret" not in str(exc):
-                raise BorgError(
-                    f"cannot run borg for repository {self.repo}: {exc}",
-                    cause="invalid_input",
-                    repo=self.repo,
-                    secrets=self.secrets,
-                ) from exc
+                raise self.refuse(f"cannot run borg for repository {self.repo}: {exc}", "invalid_input") from exc
             # _runner refuses an argv that contains the passphrase verbatim.
-            raise BorgError(
+            raise self.refuse(
                 f"refusing to run borg for repository {self.repo}: the passphrase occurs in the command line "
                 "(in the repository, an archive name or a path); use a longer passphrase",
-                cause="secret_in_argv",
-                repo=self.repo,
-                secrets=self.secrets,
+                "secret_in_argv",
             ) from exc
         logs = parse_log_lines(result.stderr)
         if result.timed_out:

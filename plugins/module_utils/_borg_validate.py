@@ -154,11 +154,11 @@ def validate_restore_paths(paths) -> list:
     return checked
 
 
-def check_restore_dest(dest: str, force: bool = False) -> str:
-    """The absolute restore target, after refusing the dangerous ones.
+def check_restore_dest(dest: str) -> str:
+    """The absolute restore target, after refusing the dangerous ones: ``/`` and a file.
 
-    Returns the normalised path. ``force`` allows a non-empty directory, never ``/``
-    or a file.
+    Returns the normalised path. Whether a non-empty directory may be restored into is decided
+    later, against what the archive holds (``_restore``).
     """
     if not dest:
         raise BorgError("dest is required to extract", cause="invalid_input")
