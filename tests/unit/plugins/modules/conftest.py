@@ -51,7 +51,7 @@ def call_module(monkeypatch):
 
 
 def borg_subcommand(argv):
-    """The borg subcommand of an argv built by _borg (``key export`` as two words), or None."""
+    """The borg subcommand of an argv built by _borg_argv (``key export`` as two words), or None."""
     args = iter(argv[1:])
     for arg in args:
         if arg == "--log-json":
