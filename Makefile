@@ -2,7 +2,7 @@
 #
 #   make demo          three local containers, deploy, sync + backup, restore check, tear down
 #   make test          every gate: lint, sanity, build, unit, integration, molecule
-#   make lint | sanity | unit | integration | molecule | build | bench | clean
+#   make lint | sanity | unit | integration | molecule | build | ee | bench | clean
 #   make molecule SCENARIO=full      one Molecule scenario
 #   make unit PYTEST_ARGS='-k prune' one selection of tests
 
@@ -36,7 +36,7 @@ define run_pytest
 endef
 
 .PHONY: help deps host-deps venv link test lint sanity unit integration molecule demo demo-up demo-down \
-        build changelog bench clean distclean
+        build ee changelog bench clean distclean
 
 help:
 	@sed -n '2,8p' $(ROOT)/Makefile | sed 's/^# \{0,1\}//'
@@ -85,6 +85,8 @@ lint: deps
 	$(BIN)/yamllint --strict $(ROOT)
 	cd $(ROOT) && $(BIN)/ansible-lint --strict
 	cd $(ROOT) && $(BIN)/antsibull-changelog lint
+	cd $(COLLECTIONS)/ansible_collections/grus/backup && \
+	  $(BIN)/antsibull-docs lint-collection-docs --plugin-docs --skip-rstcheck .
 
 # ansible-test wants the collection in an ansible_collections/grus/backup tree of its own
 # (outside this git checkout, which would hide .build/ from it) and a pip bootstrap that
@@ -140,7 +142,27 @@ build: deps
 	test -f $(BUILD)/installed/ansible_collections/grus/backup/MANIFEST.json
 	cd /tmp && for m in borg_repo borg_archive nfs_sync; do \
 	  env -u ANSIBLE_CONFIG ANSIBLE_COLLECTIONS_PATH=$(BUILD)/installed $(BIN)/ansible-doc grus.backup.$$m >/dev/null; done
-	@echo "build: $$(ls $(BUILD)/dist) installs and its modules render with ansible-doc"
+	cd /tmp && for spec in $(ROOT)/roles/*/meta/argument_specs.yml; do \
+	  role=$$(basename $$(dirname $$(dirname $$spec))); \
+	  env -u ANSIBLE_CONFIG ANSIBLE_COLLECTIONS_PATH=$(BUILD)/installed $(BIN)/ansible-doc -t role grus.backup.$$role >/dev/null; done
+	@echo "build: $$(ls $(BUILD)/dist) installs; its modules and roles render with ansible-doc"
+	@$(MAKE) --no-print-directory ee
+
+# The execution environment for AWX / AAP (execution-environment.yml): what the installed collection
+# declares (meta/execution-environment.yml), and the build context ansible-builder renders from the
+# tarball. Building the image itself needs an image registry, which these machines cannot reach.
+ee: deps
+	@rm -rf $(BUILD)/ee && mkdir -p $(BUILD)/ee
+	cp $(BUILD)/dist/grus-backup-*.tar.gz $(BUILD)/ee/grus-backup.tar.gz
+	$(BIN)/ansible-builder introspect --sanitize $(BUILD)/installed > $(BUILD)/ee/introspect.yml
+	grep -q "openssh-client \[platform:dpkg\]  # from collection grus.backup" $(BUILD)/ee/introspect.yml
+	cd $(ROOT) && $(BIN)/ansible-builder create -f execution-environment.yml -c $(BUILD)/ee/context >/dev/null
+	cmp $(BUILD)/ee/grus-backup.tar.gz $(BUILD)/ee/context/_build/collections/grus-backup.tar.gz
+	@# The image's galaxy stage installs from /build (the context's _build): do the same outside a container.
+	sed 's|/build/|$(BUILD)/ee/context/_build/|' $(BUILD)/ee/context/_build/requirements.yml > $(BUILD)/ee/requirements.yml
+	$(BIN)/ansible-galaxy collection install --offline --force -r $(BUILD)/ee/requirements.yml -p $(BUILD)/ee/collections >/dev/null
+	test -f $(BUILD)/ee/collections/ansible_collections/grus/backup/meta/execution-environment.yml
+	@echo "ee: the build context installs grus.backup from the tested tarball (building the image needs a registry)"
 
 changelog: deps
 	cd $(ROOT) && $(BIN)/antsibull-changelog release
