@@ -683,6 +683,7 @@ class Job:
             "exclude": [str(src / dataset.EXCLUDED_VOLUME)],
             "sources": [{"path": str(src / v)} for v in dataset.VOLUMES if v != dataset.EXCLUDED_VOLUME],
             "compression": COMPRESSION,
+            "state_dir": str(repo.parent / f"{repo.name}-state"),
         }
         if self.files_cache:
             config["files_cache"] = self.files_cache

@@ -2,7 +2,8 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The key holder's scheduled backup run: guards, one archive, guarded prune.
 
-layer 7: may import _config, _marker, _borg_argv, _borg_failures, _borg_validate, _borg_version, _borg_repo, _prune
+layer 7: may import _config, _marker, _volume_guard, _borg_argv, _borg_failures, _borg_validate, _borg_version,
+_borg_repo, _prune
 
 Private to grus.backup and pure standard library. The ``key_holder`` role ships
 this file with the module utilities it imports (and nothing else) as a plain
@@ -42,6 +43,14 @@ How a run goes, and why:
    clock jump forwards, a typo in the retention) nothing is pruned and the run
    fails. Space is never reclaimed here (no compact: the repository host does
    that, late).
+5. The shrink guard (``_volume_guard``): the volumes are measured (files, bytes)
+   before the create and compared with the previous run's; a volume that vanished
+   or lost more than ``shrink_share`` of its files or bytes, or an archive whose
+   new data is more than ``rewrite_share`` of its size, still gets its archive but
+   sets a hold (``<state_dir>/prune-hold.json``) that stops every prune, and the
+   run exits 1, until an operator has looked and released it (``--release-hold``).
+   The retention must never eat the last good archives of a wiped or encrypted
+   volume.
 
 Exit status: 0 ok, 1 done with warnings, 2 error or refusal.
 """
@@ -57,7 +66,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
-from . import _marker
+from . import _marker, _volume_guard
 from ._borg_argv import DEFAULT_COMPRESSION, DEFAULT_LOCK_WAIT
 from ._borg_failures import BorgError
 from ._borg_repo import BorgRepo, create_archive
@@ -74,6 +83,7 @@ DEFAULT_RETENTION = {"keep_within": "14d"}
 DEFAULT_FILES_CACHE = "mtime,size"
 DEFAULT_MARKER_MAX_AGE = 270  # 4 h between syncs, and a margin
 DEFAULT_SYNC_WAIT = 30  # minutes to wait for a sync still running when the backup starts
+DEFAULT_STATE_DIR = "/var/lib/grus-backup"
 SYNC_POLL_SECONDS = 5
 ARCHIVE_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S"
 
@@ -113,6 +123,9 @@ class JobConfig:
     max_deletions: int = DEFAULT_MAX_DELETIONS
     prune: bool = True
     clock_tolerance: int = DEFAULT_CLOCK_TOLERANCE
+    state_dir: str = DEFAULT_STATE_DIR
+    shrink_share: float = _volume_guard.DEFAULT_SHRINK_SHARE
+    rewrite_share: float = _volume_guard.DEFAULT_REWRITE_SHARE
     borg: str = "borg"
 
     @classmethod
@@ -139,6 +152,13 @@ class JobConfig:
             raise JobError("usage", "sync_wait_minutes must be 0 or more")
         if not self.archive_prefix or "/" in self.archive_prefix or "{" in self.archive_prefix:
             raise JobError("usage", f"invalid archive_prefix {self.archive_prefix!r}")
+        for share in ("shrink_share", "rewrite_share"):
+            value = float(getattr(self, share))
+            if not 0 < value <= 1:
+                raise JobError("usage", f"{share} must be above 0 and at most 1 (a share), not {value}")
+            setattr(self, share, value)
+        if not os.path.isabs(self.state_dir):
+            raise JobError("usage", f"state_dir must be an absolute path, not {self.state_dir!r}")
         try:
             self.retention = validate_retention(self.retention)
         except BorgError as exc:
@@ -179,6 +199,8 @@ class JobReport:
     errors: list = field(default_factory=list)
     markers: list = field(default_factory=list)
     sync_waited_seconds: float = 0.0
+    volumes: dict = field(default_factory=dict)
+    prune_hold: dict | None = None
 
     @property
     def exit_status(self) -> int:
@@ -195,6 +217,8 @@ class JobReport:
             "errors": self.errors,
             "markers": self.markers,
             "sync_waited_seconds": self.sync_waited_seconds,
+            "volumes": self.volumes,
+            "prune_hold": self.prune_hold,
             "exit_status": self.exit_status,
         }
 
@@ -281,10 +305,12 @@ def run_job(config: JobConfig, *, now=None, timestamp=None, runner=None, do_prun
         if timestamp:
             moment = datetime.strptime(timestamp, ARCHIVE_TIME_FORMAT).replace(tzinfo=timezone.utc)  # noqa: UP017
             borg_timestamp = timestamp
+        report.volumes = _volume_guard.measure_volumes(config.paths, config.exclude)
         created = create_named_by_second(config, conn, moment, borg_timestamp)
         report.archive = created["archive"]
         report.warnings.extend(created["warnings"])
-        if config.prune if do_prune is None else do_prune:
+        guard_volumes(config, report)
+        if (config.prune if do_prune is None else do_prune) and not report.prune_hold:
             check_clock_skew(report.markers, config.clock_tolerance)
             prune_guarded(conn, config, report, now=now)
     except JobError as exc:
@@ -325,6 +351,31 @@ def create_named_by_second(config: JobConfig, conn: BorgRepo, moment: datetime, 
     return create(max(datetime.now(timezone.utc), moment + timedelta(seconds=1)))  # noqa: UP017
 
 
+def guard_volumes(config: JobConfig, report: JobReport) -> None:
+    """Compare the archived volumes with the previous run's; hold the prune on a sign of destruction.
+
+    The new measure becomes the baseline either way; a hold stays until it is released.
+    """
+    previous = _volume_guard.previous_volumes(config.state_dir)
+    stats = (report.archive or {}).get("stats") or {}
+    signs = _volume_guard.shrink_signs(previous, report.volumes, config.shrink_share)
+    rewrite = _volume_guard.rewrite_sign(previous, report.volumes, stats, config.rewrite_share)
+    signs += [rewrite] if rewrite else []
+    name = (report.archive or {}).get("name") or "?"
+    _volume_guard.record_volumes(config.state_dir, name, report.volumes)
+    if signs:
+        _volume_guard.set_hold(config.state_dir, name, signs)
+    report.prune_hold = _volume_guard.read_hold(config.state_dir)
+    if report.prune_hold:
+        hold_file = os.path.join(config.state_dir, _volume_guard.HOLD_FILE)
+        report.warnings.append(
+            "prune held: "
+            + "; ".join(report.prune_hold.get("reasons", []))
+            + f". Nothing is pruned until an operator has checked the volumes and the archives and released the"
+            f" hold (grus-backup-run --release-hold, which removes {hold_file})"
+        )
+
+
 def prune_guarded(conn: BorgRepo, config: JobConfig, report: JobReport, now=None) -> None:
     """The one guarded prune (``_prune.guarded_prune``) with this job's retention and limits.
 
@@ -357,6 +408,17 @@ def _say(text: str, stream=None) -> None:
     stream.flush()
 
 
+def release_hold(config: JobConfig) -> int:
+    hold = _volume_guard.read_hold(config.state_dir)
+    if not _volume_guard.release_hold(config.state_dir):
+        _say(f"grus-backup: no prune hold in {config.state_dir}")
+        return EXIT_OK
+    for reason in (hold or {}).get("reasons", []):
+        _say(f"grus-backup: released the prune hold: {reason}")
+    _say("grus-backup: the next run prunes again")
+    return EXIT_OK
+
+
 def main(argv=None, runner=None) -> int:
     parser = argparse.ArgumentParser(prog="grus-backup-run", description="guarded borg backup run (grus.backup)")
     parser.add_argument("--config", required=True, help="JSON file with the job configuration")
@@ -364,6 +426,9 @@ def main(argv=None, runner=None) -> int:
     parser.add_argument("--no-prune", action="store_true", help="create the archive, prune nothing")
     parser.add_argument("--max-deletions", type=int, help="override the configured max_deletions")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument(
+        "--release-hold", action="store_true", help="release the shrink guard's prune hold (after checking), then exit"
+    )
     args = parser.parse_args(argv)
     try:
         with open(args.config, encoding="utf-8") as handle:
@@ -379,6 +444,8 @@ def main(argv=None, runner=None) -> int:
     except (OSError, ValueError, TypeError) as exc:
         _say(f"grus-backup: FAILED: bad configuration or arguments: {exc}", sys.stderr)
         return EXIT_ERROR
+    if args.release_hold:
+        return release_hold(config)
     report = run_job(config, timestamp=args.timestamp, runner=runner, do_prune=False if args.no_prune else None)
     if args.json:
         _say(json.dumps(report.to_dict()))

@@ -2,14 +2,15 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The shrink guard: hold the prune when the newest archive looks like destruction.
 
-Private to grus.backup, pure standard library, no borg (layer: helpers; imported by the backup
-job only). Why: the retention prunes by age. A volume wiped by an intruder (``rsync --delete`` of
-an empty tree from a compromised sync client) or encrypted in place by ransomware is archived like
-any other state, and fourteen days later the prune would have removed every archive that still
-held the good data. So each run compares the volumes it archives with the previous run's, and the
-archive's new data with its size; a sign of destruction still gets its archive (more evidence,
-never less) but sets a hold that stops every later prune until an operator has looked and
-released it. Nothing is deleted while the hold stands.
+layer 0: may import nothing of grus.backup (standard library only).
+
+Private to grus.backup, no borg; the backup job uses it. Why: the retention prunes by age. A
+volume wiped by an intruder (``rsync --delete`` of an empty tree from a compromised sync client)
+or encrypted in place by ransomware is archived like any other state, and fourteen days later the
+prune would have removed every archive that still held the good data. So each run compares the
+volumes it archives with the previous run's, and the archive's new data with its size; a sign of
+destruction still gets its archive (more evidence, never less) but sets a hold that stops every
+later prune until an operator has looked and released it. Nothing is deleted while the hold stands.
 
 A volume is a directory two levels below a backed-up path (``<export>/<client>/<volume>``, the
 layout the sync clients write), the excluded ones left out. The signs:

@@ -57,6 +57,7 @@ def job(tmp_path):
         "sources": [{"path": str(export / "antigone" / "data")}, {"path": str(export / "balearica")}],
         "markers": [{"path": str(export / "balearica" / ".grus-sync.json"), "max_age_minutes": 60}],
         "max_deletions": 3,
+        "state_dir": str(tmp_path / "state"),
     }
     config_path = tmp_path / "backup.json"
     config_path.write_text(json.dumps(cfg))
@@ -182,3 +183,53 @@ def test_wrong_passcommand_is_an_error_without_secret(job, tmp_path):
     assert proc.returncode == 2
     assert "passphrase" in json.loads(proc.stdout)["errors"][0]
     assert PASSPHRASE not in proc.stdout + proc.stderr
+
+
+def test_a_wiped_volume_holds_every_prune_until_released(job):
+    """A compromised sync client wipes its copy (rsync --delete of an empty tree): the run still archives
+    the wiped state, but the 2020 archive, due for pruning, outlives it until an operator releases the hold."""
+    assert job["run"]("--timestamp", "2020-01-01T00:00:00", "--no-prune").returncode in (0, 1)
+    wiped = job["export"] / "balearica" / "app"
+    (job["export"] / "empty").mkdir()
+    subprocess.run(["rsync", "-a", "--delete", f"{job['export'] / 'empty'}/", f"{wiped}/"], check=True)
+    (job["export"] / "empty").rmdir()
+    assert list(wiped.iterdir()) == []
+    for _run in range(2):  # the hold stays from one run to the next
+        proc = job["run"]()
+        report = json.loads(proc.stdout)
+        assert proc.returncode == 1, proc.stderr
+        assert report["errors"] == [] and report["pruned"] == []
+        assert report["archive"]["name"] in archives(job)
+        files, size = report["prune_hold"]["reasons"]  # the second run adds none: its baseline is the wiped state
+        assert files.endswith(f"volume {wiped} lost 100% of its files (1 -> 0; limit 50%)")
+        assert size.endswith(f"volume {wiped} lost 100% of its bytes (4000 -> 0; limit 50%)")
+        assert any(w.startswith("prune held: ") and "--release-hold" in w for w in report["warnings"])
+        assert "grus-2020-01-01T00:00:00Z" in archives(job)
+    hold_file = Path(job["cfg"]["state_dir"]) / "prune-hold.json"
+    assert json.loads(hold_file.read_text())["reasons"] == report["prune_hold"]["reasons"]
+    released = job["run"]("--release-hold")
+    assert released.returncode == 0 and "released the prune hold" in released.stdout
+    assert not hold_file.exists()
+    assert len(archives(job)) == 3  # releasing deletes nothing by itself
+    proc = job["run"]()
+    report = json.loads(proc.stdout)
+    assert report["prune_hold"] is None and report["pruned"] == ["grus-2020-01-01T00:00:00Z"]
+    assert "grus-2020-01-01T00:00:00Z" not in archives(job)
+
+
+def test_a_mass_rewrite_holds_the_prune(job):
+    """Every byte of a volume rewritten (as ransomware encryption does): most of the archive is new data."""
+    big = job["export"] / "antigone" / "data" / "big.bin"
+    big.write_bytes(os.urandom(20 * 1024 * 1024))
+    assert job["run"]("--timestamp", "2020-01-01T00:00:00", "--no-prune").returncode in (0, 1)
+    proc = job["run"]()
+    assert json.loads(proc.stdout)["prune_hold"] is None  # unchanged data: no sign, and the 2020 archive goes
+    assert "grus-2020-01-01T00:00:00Z" not in archives(job)
+    assert job["run"]("--timestamp", "2020-01-02T00:00:00", "--no-prune").returncode in (0, 1)
+    big.write_bytes(os.urandom(20 * 1024 * 1024))  # same name, same size, new content
+    proc = job["run"]()
+    report = json.loads(proc.stdout)
+    assert proc.returncode == 1 and report["pruned"] == []
+    (reason,) = report["prune_hold"]["reasons"]
+    assert "of the archive" in reason and "is new data (limit 50%)" in reason
+    assert "grus-2020-01-02T00:00:00Z" in archives(job)

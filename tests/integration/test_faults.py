@@ -158,6 +158,7 @@ class World:
             "lock_wait": 10,
             "sources": [{"path": str(self.export / "antigone" / "data")}, {"path": str(self.export / "balearica")}],
             "max_deletions": 3,
+            "state_dir": str(self.tmp / "state"),
         }
         cfg.update(overrides)
         return cfg

@@ -6,7 +6,7 @@ import json
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from ansible_collections.grus.backup.plugins.module_utils import _backup_job, _marker, _prune
+from ansible_collections.grus.backup.plugins.module_utils import _backup_job, _marker, _prune, _volume_guard
 from ansible_collections.grus.backup.plugins.module_utils._backup_job import (
     EXIT_ERROR,
     EXIT_OK,
@@ -30,8 +30,17 @@ def check_marker(marker, now, written_at=None):
     return _marker.judge(marker["path"], marker["max_age_minutes"], now, written_at)
 
 
+STATE_DIR = {}
+
+
+@pytest.fixture(autouse=True)
+def _state_dir(tmp_path):
+    """The shrink guard's state of each test in its own directory, never /var/lib."""
+    STATE_DIR["path"] = str(tmp_path / "state")
+
+
 def config(**extra):
-    data = {"repo": "/srv/repo", "paths": ["/srv/export"], "passcommand": "cat /etc/pw"}
+    data = {"repo": "/srv/repo", "paths": ["/srv/export"], "passcommand": "cat /etc/pw", "state_dir": STATE_DIR["path"]}
     data.update(extra)
     return JobConfig.from_dict(data)
 
@@ -352,3 +361,52 @@ def test_main_bad_config_is_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "passphrase" in err and "hunter2hunter2" not in err
     assert _backup_job.main(["--config", str(tmp_path / "absent.json")]) == EXIT_ERROR
+
+
+def export_with_volume(tmp_path, files=4):
+    volume = tmp_path / "export" / "balearica" / "app"
+    volume.mkdir(parents=True)
+    for i in range(files):
+        (volume / f"f{i}").write_text("data")
+    return tmp_path / "export", volume
+
+
+def test_a_vanished_volume_sets_a_hold_and_no_prune_runs(fake, tmp_path):
+    export, volume = export_with_volume(tmp_path)
+    fake.would_prune = 1
+    first = run_job(config(paths=[str(export)]), now=NOW)
+    assert first.prune_hold is None and first.pruned == ["old0"]
+    assert first.volumes == {str(volume): {"files": 4, "bytes": 16}}
+    for child in volume.iterdir():
+        child.unlink()
+    volume.rmdir()
+    fake.calls.clear()
+    report = run_job(config(paths=[str(export)]), now=NOW)
+    # the archive is made; the prune is not even planned
+    assert [c[0] for c in fake.calls] == ["version", "create"]
+    assert report.exit_status == EXIT_WARNING and report.errors == [] and report.pruned == []
+    assert report.prune_hold["reasons"] == [
+        f"grus-2026-11-23T12:00:00Z: volume {volume} vanished (it held 4 files, 16 bytes)"
+    ]
+    assert report.warnings[-1].startswith("prune held: ") and report.to_dict()["prune_hold"] == report.prune_hold
+
+
+def test_release_hold_lets_the_next_run_prune(fake, tmp_path, capsys):
+    cfg_file = tmp_path / "backup.json"
+    cfg_file.write_text(json.dumps({"repo": "/r", "paths": ["/srv/export"], "state_dir": STATE_DIR["path"]}))
+    assert _backup_job.main(["--config", str(cfg_file), "--release-hold"]) == EXIT_OK
+    assert "no prune hold" in capsys.readouterr().out
+    _volume_guard.set_hold(STATE_DIR["path"], "a-1", ["volume /v vanished"])
+    held = run_job(config(), now=NOW)
+    assert held.exit_status == EXIT_WARNING and "prune" not in [c[0] for c in fake.calls]
+    assert _backup_job.main(["--config", str(cfg_file), "--release-hold"]) == EXIT_OK
+    assert "released the prune hold: a-1: volume /v vanished" in capsys.readouterr().out
+    assert fake.calls.count(("version",)) == 1  # releasing runs no borg
+    assert run_job(config(), now=NOW).prune_hold is None and fake.calls[-1][0] == "prune"
+
+
+@pytest.mark.parametrize(("key", "value"), [("shrink_share", 0), ("rewrite_share", 1.5), ("state_dir", "state")])
+def test_bad_guard_settings_are_refused(key, value):
+    with pytest.raises(JobError) as info:
+        config(**{key: value})
+    assert info.value.kind == "usage" and key in info.value.message

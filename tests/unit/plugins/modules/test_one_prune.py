@@ -52,12 +52,14 @@ def test_the_module_prunes_through_guarded_prune(recorder, call_module, monkeypa
     assert recorder[1]["dry_run"] is True  # check mode: the same guards, nothing deleted
 
 
-def test_the_job_prunes_through_guarded_prune(recorder, monkeypatch):
+def test_the_job_prunes_through_guarded_prune(recorder, monkeypatch, tmp_path):
     monkeypatch.setattr(_backup_job, "cached_borg_version", lambda borg, runner=None: "1.4.0")
     monkeypatch.setattr(
         _backup_job, "create_archive", lambda conn, name, paths, **options: {"archive": {"name": name}, "warnings": []}
     )
-    config = _backup_job.JobConfig.from_dict({"repo": "/srv/borg/r", "paths": ["/srv/export"], "passcommand": "cat /p"})
+    config = _backup_job.JobConfig.from_dict(
+        {"repo": "/srv/borg/r", "paths": ["/srv/export"], "passcommand": "cat /p", "state_dir": str(tmp_path)}
+    )
     report = _backup_job.run_job(config, now=NOW)
     assert report.errors == [] and report.pruned == ["old"] and report.kept == ["new"]
     (call,) = recorder
