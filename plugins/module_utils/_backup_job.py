@@ -2,8 +2,8 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The key holder's scheduled backup run: guards, one archive, guarded prune.
 
-layer 7: may import _config, _marker, _volume_guard, _borg_argv, _borg_failures, _borg_validate, _borg_version,
-_borg_repo, _prune
+layer 7: may import _config, _marker, _metrics, _ping, _volume_guard, _borg_argv, _borg_failures, _borg_validate,
+_borg_version, _borg_repo, _prune
 
 Private to grus.backup and pure standard library. The ``key_holder`` role ships
 this file with the module utilities it imports (and nothing else) as a plain
@@ -52,6 +52,14 @@ How a run goes, and why:
    The retention must never eat the last good archives of a wiped or encrypted
    volume.
 
+6. Noticing. With ``--metrics-dir`` the run writes its metrics for node_exporter's textfile
+   collector (``_metrics``: times, exit status, the archive's sizes, each volume, each sync
+   marker, the prune's plan, deletions and hold); with ``GRUS_BACKUP_PING_URL`` in the
+   environment it pings a dead man's switch (``_ping``). Neither can fail the run.
+
+``--check`` and ``--verify-data`` run ``borg check`` (the weekly and monthly units) with the same
+metrics and pings, as the tasks ``check`` and ``verify_data``.
+
 Exit status: 0 ok, 1 done with warnings, 2 error or refusal.
 """
 
@@ -66,8 +74,8 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
-from . import _marker, _volume_guard
-from ._borg_argv import DEFAULT_COMPRESSION, DEFAULT_LOCK_WAIT
+from . import _marker, _metrics, _ping, _volume_guard
+from ._borg_argv import DEFAULT_COMPRESSION, DEFAULT_LOCK_WAIT, check_argv
 from ._borg_failures import BorgError
 from ._borg_repo import BorgRepo, create_archive
 from ._borg_validate import validate_retention
@@ -201,6 +209,7 @@ class JobReport:
     sync_waited_seconds: float = 0.0
     volumes: dict = field(default_factory=dict)
     prune_hold: dict | None = None
+    pruned_run: bool = False
 
     @property
     def exit_status(self) -> int:
@@ -395,8 +404,59 @@ def prune_guarded(conn: BorgRepo, config: JobConfig, report: JobReport, now=None
             raise
         raise JobError(exc.cause, f"{exc.message}. This run's archive was made") from exc
     report.warnings.extend(plan["warnings"])
+    report.pruned_run = True
     report.pruned = [a["name"] for a in plan["pruned"]]
     report.kept = [a["name"] for a in plan["kept"]]
+
+
+# ---- noticing: metrics ----------------------------------------------------------------------
+
+
+def record_backup(metrics: _metrics.JobMetrics, config: JobConfig, report: JobReport) -> None:
+    """The backup run's own samples (the job's times and status are added by ``finish``)."""
+    where = {"repository": config.repo, "prefix": config.archive_prefix}
+    stats = (report.archive or {}).get("stats") or {}
+    for name, key in (
+        ("grus_backup_archive_original_bytes", "original_size"),
+        ("grus_backup_archive_compressed_bytes", "compressed_size"),
+        ("grus_backup_archive_deduplicated_bytes", "deduplicated_size"),
+        ("grus_backup_archive_files", "nfiles"),
+    ):
+        metrics.set(name, stats.get(key), **where)
+    if report.pruned_run:
+        metrics.set("grus_backup_archives", len(report.kept), **where)
+        metrics.set("grus_backup_prune_planned_archives", len(report.pruned), **where)
+        metrics.set("grus_backup_prune_deleted_archives", len(report.pruned), **where)
+    if report.archive:
+        metrics.set("grus_backup_prune_held", 1 if report.prune_hold else 0, **where)
+    for path, measure in sorted(report.volumes.items()):
+        labels = {"client": os.path.basename(os.path.dirname(path)), "volume": os.path.basename(path)}
+        metrics.set("grus_backup_volume_files", measure.get("files"), **labels)
+        metrics.set("grus_backup_volume_bytes", measure.get("bytes"), **labels)
+    for marker in report.markers:
+        client = os.path.basename(os.path.dirname(marker["path"]))
+        age = marker.get("age_minutes")
+        metrics.set("grus_backup_sync_marker_age_seconds", None if age is None else age * 60, client=client)
+        metrics.set("grus_backup_sync_marker_state", 1, client=client, state=marker.get("state") or "unreadable")
+        metrics.set("grus_backup_sync_clock_skew_seconds", marker.get("clock_skew_seconds"), client=client)
+
+
+def run_check(config: JobConfig, verify_data: bool, runner=None) -> JobReport:
+    """``borg check`` (``--verify-data``): the weekly and monthly units' run, as a report."""
+    report = JobReport()
+    conn = config.connection(runner=runner)
+    try:
+        out = conn.run(check_argv(config.repo, verify_data=verify_data, **conn.argv_kwargs()))
+        report.warnings.extend(out.warnings)
+    except BorgError as exc:
+        report.errors.append(f"borg check ({exc.cause}): {exc.message}")
+    return report
+
+
+def _finish(metrics: _metrics.JobMetrics, pinger: _ping.Pinger, rc: int, warnings=0) -> None:
+    pinger.finish(rc)
+    for warning in metrics.finish(rc, warnings) + pinger.warnings:
+        _say(f"grus-backup: WARNING: {warning}", sys.stderr)
 
 
 # ---- entry point ----------------------------------------------------------------------------
@@ -429,7 +489,26 @@ def main(argv=None, runner=None) -> int:
     parser.add_argument(
         "--release-hold", action="store_true", help="release the shrink guard's prune hold (after checking), then exit"
     )
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--check", action="store_true", help="run borg check (repository and archives) instead")
+    mode.add_argument("--verify-data", action="store_true", help="run borg check --verify-data instead")
+    parser.add_argument("--metrics-dir", help="write Prometheus metrics here (node_exporter's textfile directory)")
     args = parser.parse_args(argv)
+    task = "verify_data" if args.verify_data else "check" if args.check else "backup"
+    metrics = _metrics.JobMetrics(task, args.metrics_dir)
+    pinger = _ping.Pinger.from_env()
+    if not args.release_hold:
+        pinger.start()
+    rc, warnings, config, report = _run(args, runner)
+    if not args.release_hold:
+        if task == "backup" and config is not None and report is not None:
+            record_backup(metrics, config, report)
+        _finish(metrics, pinger, rc, warnings)
+    return rc
+
+
+def _run(args, runner) -> tuple:
+    """``(exit status, warnings, config, report)`` of the run ``args`` ask for (None where none)."""
     try:
         with open(args.config, encoding="utf-8") as handle:
             data = json.load(handle)
@@ -440,12 +519,17 @@ def main(argv=None, runner=None) -> int:
             datetime.strptime(args.timestamp, ARCHIVE_TIME_FORMAT)
     except JobError as exc:
         _say(f"grus-backup: FAILED ({exc.kind}): {exc.message}", sys.stderr)
-        return EXIT_ERROR
+        return EXIT_ERROR, 0, None, None
     except (OSError, ValueError, TypeError) as exc:
         _say(f"grus-backup: FAILED: bad configuration or arguments: {exc}", sys.stderr)
-        return EXIT_ERROR
+        return EXIT_ERROR, 0, None, None
     if args.release_hold:
-        return release_hold(config)
+        return release_hold(config), 0, config, None
+    if args.check or args.verify_data:
+        report = run_check(config, args.verify_data, runner=runner)
+        what = "borg check --verify-data" if args.verify_data else "borg check"
+        _say(f"grus-backup: {what} of {config.repo}: {'FAILED' if report.errors else 'ok'}")
+        return _tell(report, args.json), len(report.warnings), config, report
     report = run_job(config, timestamp=args.timestamp, runner=runner, do_prune=False if args.no_prune else None)
     if args.json:
         _say(json.dumps(report.to_dict()))
@@ -454,6 +538,12 @@ def main(argv=None, runner=None) -> int:
         if archive:
             _say(f"grus-backup: archive {archive.get('name')} created in {config.repo}")
         _say(f"grus-backup: pruned {len(report.pruned)} archive(s): {', '.join(report.pruned) or 'none'}")
+    return _tell(report, False), len(report.warnings), config, report
+
+
+def _tell(report: JobReport, as_json: bool) -> int:
+    if as_json:
+        _say(json.dumps(report.to_dict()))
     for warning in report.warnings:
         _say(f"grus-backup: WARNING: {warning}", sys.stderr)
     for error in report.errors:

@@ -170,6 +170,11 @@ def prune_argv(repo, retention: dict, *, match_archives=None, dry_run=False, bor
     return borg_argv([*command, "--", repo], borg=borg, lock_wait=lock_wait)
 
 
+def check_argv(repo, *, verify_data=False, borg="borg", lock_wait=None) -> list:
+    """``borg check [--verify-data] REPO``: the repository and every archive's metadata (and data)."""
+    return borg_argv(["check", *(["--verify-data"] if verify_data else []), repo], borg=borg, lock_wait=lock_wait)
+
+
 def delete_argv(repo, name, *, borg="borg", lock_wait=None) -> list:
     """``borg delete REPO::NAME``: one archive, never a whole repository."""
     if not name:

@@ -2,7 +2,7 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The guarded volume sync: one rsync argv, guards, lock, freshness marker.
 
-layer 3: may import _runner, _marker, _rsync_output, _rsync_options, _sync_lock.
+layer 3: may import _runner, _marker, _metrics, _ping, _rsync_output, _rsync_options, _sync_lock.
 
 Private to grus.backup and pure standard library. The ``nfs_sync`` module and the
 scheduled job that the ``sync_client`` role installs both call :func:`sync`, so a
@@ -36,6 +36,10 @@ How a run goes, and why:
   a failed or unfinished one. Each is written atomically; over SSH it is sent
   with rsync through the same ``rsh``, so the receiving key can stay restricted
   to ``rrsync``.
+* Noticing: with ``--metrics-dir`` the scheduled run writes its metrics (``_metrics``: times,
+  exit status, files and bytes sent, deletions, labelled with the client's directory on the key
+  holder); with ``GRUS_BACKUP_PING_URL`` in its environment it pings a dead man's switch
+  (``_ping``). Neither can fail the sync.
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ import os
 import sys
 import time
 
-from . import _marker
+from . import _marker, _metrics, _ping
 from ._rsync_options import SyncError, SyncOptions, build_rsync_argv, dest_dir, is_excluded, split_remote
 from ._rsync_output import (
     STATUS_ERROR,
@@ -338,6 +342,23 @@ def _say(text: str, stream=None) -> None:
     stream.flush()
 
 
+def client_label(dest: str) -> str:
+    """The client's directory on the key holder (``dest``'s last part): the key holder labels it so."""
+    _host, path = split_remote(dest)
+    return os.path.basename(path.rstrip("/")) or "unknown"
+
+
+def record_sync(metrics: _metrics.JobMetrics, dest: str, result: SyncResult | None) -> None:
+    if result is None or result.dry_run:
+        return
+    client = client_label(dest)
+    stats = result.stats or {}
+    metrics.set("grus_backup_sync_files_transferred", stats.get("files_transferred"), client=client)
+    metrics.set("grus_backup_sync_transferred_bytes", stats.get("bytes_sent"), client=client)
+    metrics.set("grus_backup_sync_deleted_files", sum(1 for c in result.changes if c.is_deletion), client=client)
+    metrics.set("grus_backup_sync_volumes", len(result.volumes), client=client)
+
+
 def main(argv=None, runner=run) -> int:
     """``python3 -m <package>._rsync --config FILE``: the scheduled sync.
 
@@ -349,7 +370,24 @@ def main(argv=None, runner=run) -> int:
     parser.add_argument("--dry-run", action="store_true", help="report what would change, change nothing")
     parser.add_argument("--print-argv", action="store_true", help="print the rsync argv as JSON and exit")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--metrics-dir", help="write Prometheus metrics here (node_exporter's textfile directory)")
     args = parser.parse_args(argv)
+    measured = not (args.print_argv or args.dry_run)
+    metrics = _metrics.JobMetrics("sync", args.metrics_dir if measured else None)
+    pinger = _ping.Pinger.from_env() if measured else _ping.Pinger(None)
+    pinger.start()
+    rc, warnings, dest, result = _run(args, runner)
+    if dest is not None:
+        record_sync(metrics, dest, result)
+    pinger.finish(rc)
+    for warning in metrics.finish(rc, warnings) + pinger.warnings:
+        _say(f"nfs-sync: WARNING: {warning}", sys.stderr)
+    return rc
+
+
+def _run(args, runner) -> tuple:
+    """``(exit status, warnings, dest, result)`` of one run (None where there is none)."""
+    dest = None
     try:
         with open(args.config, encoding="utf-8") as handle:
             data = json.load(handle)
@@ -358,19 +396,20 @@ def main(argv=None, runner=run) -> int:
         if args.dry_run:
             data["dry_run"] = True
         options = SyncOptions.from_dict(data)
+        dest = options.dest
         if args.print_argv:
             volumes, _excluded = select_volumes(options)
             _say(json.dumps(build_rsync_argv(options, volumes)))
-            return EXIT_OK
+            return EXIT_OK, 0, None, None
         result = sync(options, runner=runner)
     except SyncError as exc:
         _say(f"nfs-sync: FAILED ({exc.kind}): {exc.message}", sys.stderr)
         if args.json and exc.result is not None:
             _say(json.dumps({"failed": True, "kind": exc.kind, "msg": exc.message, **exc.result.to_dict()}))
-        return EXIT_ERROR
+        return EXIT_ERROR, 0, dest, exc.result
     except (OSError, ValueError) as exc:
         _say(f"nfs-sync: FAILED: {exc}", sys.stderr)
-        return EXIT_ERROR
+        return EXIT_ERROR, 0, dest, None
     if args.json:
         _say(json.dumps({"failed": False, **result.to_dict()}))
     else:
@@ -383,7 +422,7 @@ def main(argv=None, runner=run) -> int:
         )
     for warning in result.warnings:
         _say(f"nfs-sync: WARNING: {warning}", sys.stderr)
-    return EXIT_WARNING if result.warnings else EXIT_OK
+    return (EXIT_WARNING if result.warnings else EXIT_OK), len(result.warnings), dest, result
 
 
 if __name__ == "__main__":

@@ -14,8 +14,10 @@ need_root() {
 . /etc/os-release
 codename=${VERSION_CODENAME:-unknown}
 
+# prometheus: promtool (metrics, rule and dashboard tests); python3-prometheus-client: the jobs' metrics
+# when they run under /usr/bin/python3 (bench), as on the hosts.
 packages=(podman runc debootstrap rsync openssh-client openssh-server acl attr
-          python3-venv iproute2 shellcheck curl git make)
+          python3-venv iproute2 shellcheck curl git make prometheus python3-prometheus-client)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

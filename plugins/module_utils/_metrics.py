@@ -1,0 +1,190 @@
+# Copyright: (c) 2026, grus.backup developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Prometheus metrics of the scheduled jobs, for node_exporter's textfile collector.
+
+layer 0: may import nothing of grus.backup (standard library only; prometheus_client when installed).
+
+Private to grus.backup. Every scheduled job (sync, backup and prune, check, verify-data) collects
+its samples here in plain dicts and writes them at its end, in one file per job
+(``<dir>/grus_backup_<task>.prom``), through ``prometheus_client.write_to_textfile``: a temporary
+file renamed over the old one, so node_exporter never reads half a file. The library is imported
+only when writing: a host without it (Debian: ``python3-prometheus-client``) still runs its
+backups; the job logs a clear warning and its exit status is unchanged, and the
+``GrusBackupMetricsStale`` alert sees the file age.
+
+``METRICS`` is the one list of names the jobs may emit (the dashboard and the alert rules are
+tested against it). Labels stay bounded: task, repository, archive prefix, client, volume, unit;
+never an archive name. The last success time survives a failed run: it is read back from the
+job's previous file.
+
+``python3 -m <package>._metrics --unit-failed UNIT --metrics-dir DIR`` is what the
+``grus-backup-alert@.service`` unit runs (``OnFailure=``): it writes
+``grus_backup_unit_failed{unit="UNIT"} 1`` and the time, and says so in the journal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import time
+
+DEFAULT_TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"
+
+JOB = ("task",)
+ARCHIVE = ("repository", "prefix")
+VOLUME = ("client", "volume")
+
+# name: (help, label names). Base units, Prometheus naming; every sample is a gauge.
+METRICS = {
+    "grus_backup_job_last_start_timestamp_seconds": ("When the job last started (Unix time).", JOB),
+    "grus_backup_job_last_end_timestamp_seconds": ("When the job last ended (Unix time).", JOB),
+    "grus_backup_job_last_success_timestamp_seconds": (
+        "When the job last ended with exit status 0 or 1 (Unix time); kept across failed runs.",
+        JOB,
+    ),
+    "grus_backup_job_duration_seconds": ("How long the job's last run took.", JOB),
+    "grus_backup_job_exit_status": ("The job's last exit status: 0 ok, 1 done with warnings, 2 error.", JOB),
+    "grus_backup_job_warnings": ("Warnings of the job's last run.", JOB),
+    "grus_backup_archives": ("Archives of this prefix in the repository after the last prune.", ARCHIVE),
+    "grus_backup_archive_original_bytes": ("Original size of the last archive.", ARCHIVE),
+    "grus_backup_archive_compressed_bytes": ("Compressed size of the last archive.", ARCHIVE),
+    "grus_backup_archive_deduplicated_bytes": ("New (deduplicated) data the last archive added.", ARCHIVE),
+    "grus_backup_archive_files": ("Files in the last archive.", ARCHIVE),
+    "grus_backup_prune_planned_archives": ("Archives the last prune's plan would delete.", ARCHIVE),
+    "grus_backup_prune_deleted_archives": ("Archives the last prune deleted.", ARCHIVE),
+    "grus_backup_prune_held": ("1 while the shrink guard holds every prune (see --release-hold).", ARCHIVE),
+    "grus_backup_volume_files": ("Files in the volume when the last backup measured it.", VOLUME),
+    "grus_backup_volume_bytes": ("Bytes in the volume when the last backup measured it.", VOLUME),
+    "grus_backup_sync_marker_age_seconds": ("Age of the sync client's marker when the backup read it.", ("client",)),
+    "grus_backup_sync_marker_state": (
+        "1 for the state the sync client's marker had at backup time.",
+        ("client", "state"),
+    ),
+    "grus_backup_sync_clock_skew_seconds": (
+        "Key holder's clock minus the sync client's when the client's marker landed.",
+        ("client",),
+    ),
+    "grus_backup_sync_files_transferred": ("Files the last sync transferred.", ("client",)),
+    "grus_backup_sync_transferred_bytes": ("Bytes the last sync sent.", ("client",)),
+    "grus_backup_sync_deleted_files": ("Files the last sync deleted on the key holder.", ("client",)),
+    "grus_backup_sync_volumes": ("Volumes the last sync sent.", ("client",)),
+    "grus_backup_unit_failed": ("1: the systemd unit failed (written by grus-backup-alert@).", ("unit",)),
+    "grus_backup_unit_failed_timestamp_seconds": ("When the systemd unit last failed (Unix time).", ("unit",)),
+}
+
+_SUCCESS_RE = re.compile(
+    r'^grus_backup_job_last_success_timestamp_seconds\{task="(?P<task>[a-z_]+)"\} (?P<value>[0-9.e+]+)$',
+    re.MULTILINE,
+)
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9_.@-]")
+
+
+def file_name(task: str) -> str:
+    return f"grus_backup_{task}.prom"
+
+
+def previous_success(path: str, task: str) -> float | None:
+    """The last success time in the job's previous file, or None."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except OSError:
+        return None
+    for match in _SUCCESS_RE.finditer(text):
+        if match.group("task") == task:
+            return float(match.group("value"))
+    return None
+
+
+class JobMetrics:
+    """The samples of one run of one job; ``finish`` writes them. ``directory`` None: off."""
+
+    def __init__(self, task: str, directory: str | None, clock=time.time):
+        self.task = task
+        self.directory = directory
+        self.clock = clock
+        self.started = clock()
+        self.samples: dict = {}
+
+    def set(self, name: str, value, **labels) -> None:
+        if name not in METRICS:
+            raise KeyError(f"undeclared metric {name}")
+        if value is None:
+            return
+        names = METRICS[name][1]
+        if set(labels) != set(names):
+            raise KeyError(f"{name} takes the labels {names}, not {sorted(labels)}")
+        self.samples.setdefault(name, []).append(({k: str(labels[k]) for k in names}, float(value)))
+
+    @property
+    def path(self) -> str | None:
+        return os.path.join(self.directory, file_name(self.task)) if self.directory else None
+
+    def finish(self, exit_status: int, warnings: int = 0) -> list:
+        """Add the job's own samples and write the file. Returns warnings (never raises)."""
+        if not self.directory:
+            return []
+        ended = self.clock()
+        job = {"task": self.task}
+        self.set("grus_backup_job_last_start_timestamp_seconds", self.started, **job)
+        self.set("grus_backup_job_last_end_timestamp_seconds", ended, **job)
+        self.set("grus_backup_job_duration_seconds", max(0.0, ended - self.started), **job)
+        self.set("grus_backup_job_exit_status", exit_status, **job)
+        self.set("grus_backup_job_warnings", warnings, **job)
+        success = ended if exit_status in (0, 1) else previous_success(self.path, self.task)
+        self.set("grus_backup_job_last_success_timestamp_seconds", success, **job)
+        return write(self.path, self.samples)
+
+
+def write(path: str, samples: dict) -> list:
+    """Write ``samples`` ({name: [(labels, value)]}) atomically to ``path``; warnings, never raises."""
+    try:
+        from prometheus_client import CollectorRegistry, Gauge, write_to_textfile  # noqa: PLC0415
+    except ImportError:
+        return [
+            f"no metrics written to {path}: the Python library prometheus_client is not installed "
+            "(Debian: python3-prometheus-client); the job itself ran"
+        ]
+    registry = CollectorRegistry()
+    for name, rows in sorted(samples.items()):
+        description, labels = METRICS[name]
+        gauge = Gauge(name, description, labels, registry=registry)
+        for label_values, value in rows:
+            (gauge.labels(**label_values) if labels else gauge).set(value)
+    try:
+        write_to_textfile(path, registry)
+    except OSError as exc:
+        return [f"no metrics written to {path}: {exc}"]
+    return []
+
+
+def unit_failed(directory: str, unit: str, clock=time.time) -> tuple:
+    """Record that ``unit`` failed; ``(path, warnings)``."""
+    safe = _SAFE_NAME.sub("_", unit)
+    path = os.path.join(directory, f"grus_backup_unit_failed_{safe}.prom")
+    now = clock()
+    samples = {
+        "grus_backup_unit_failed": [({"unit": unit}, 1.0)],
+        "grus_backup_unit_failed_timestamp_seconds": [({"unit": unit}, now)],
+    }
+    return path, write(path, samples)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="grus-backup-alert", description="record a failed grus.backup unit")
+    parser.add_argument("--unit-failed", required=True, help="the failed unit's name (systemd %%i)")
+    parser.add_argument("--metrics-dir", default=DEFAULT_TEXTFILE_DIR, help="node_exporter's textfile directory")
+    args = parser.parse_args(argv)
+    path, warnings = unit_failed(args.metrics_dir, args.unit_failed)
+    sys.stderr.write(f"grus-backup-alert: the unit {args.unit_failed} FAILED; see journalctl -u {args.unit_failed}\n")
+    for warning in warnings:
+        sys.stderr.write(f"grus-backup-alert: WARNING: {warning}\n")
+    if not warnings:
+        sys.stderr.write(f"grus-backup-alert: recorded in {path}\n")
+    return 2 if warnings else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
