@@ -101,7 +101,11 @@ sanity: deps
 	@cd $(SANITY_TREE) && { [ -d .git ] || git init -q .; }
 	cd $(SANITY_TREE) && $(BIN)/ansible-test sanity --local --python $$($(BIN)/python -c 'import sys; print("%d.%d" % sys.version_info[:2])') --color no
 
+# The alert rules' own tests (promtool, from Debian's prometheus) run first; tests/unit checks them again
+# with the dashboard against the metrics the jobs emit.
 unit: deps
+	cd $(ROOT)/extensions/prometheus && promtool check rules grus_backup.rules.yml && \
+	  promtool test rules grus_backup.rules.test.yml grus_backup.rules.long.test.yml
 	@$(call run_pytest,$(ROOT)/tests/unit)
 
 integration: deps

@@ -70,6 +70,24 @@ METRICS = {
     "grus_backup_sync_transferred_bytes": ("Bytes the last sync sent.", ("client",)),
     "grus_backup_sync_deleted_files": ("Files the last sync deleted on the key holder.", ("client",)),
     "grus_backup_sync_volumes": ("Volumes the last sync sent.", ("client",)),
+    # The repository host (no key): the compaction job.
+    "grus_backup_repository_size_bytes": ("Bytes the repository takes on disk.", ("repository",)),
+    "grus_backup_repository_free_bytes": ("Free bytes on the repository's file system.", ("repository",)),
+    "grus_backup_repository_last_write_timestamp_seconds": ("When the repository was last written.", ("repository",)),
+    "grus_backup_repository_transactions_since_compaction": (
+        "Transactions committed since the last compaction.",
+        ("repository",),
+    ),
+    "grus_backup_repository_deleted_objects_since_compaction": (
+        "Objects deleted (DEL entries) since the last compaction.",
+        ("repository",),
+    ),
+    "grus_backup_repository_mass_deletion": (
+        "1 when the key-free audit saw a deletion larger than a normal prune.",
+        ("repository",),
+    ),
+    "grus_backup_compaction_held": ("1 while compaction is held.", ("repository",)),
+    "grus_backup_authorized_keys_ok": ("1 when authorized_keys is what Ansible wrote, 0 when it differs.", ()),
     "grus_backup_unit_failed": ("1: the systemd unit failed (written by grus-backup-alert@).", ("unit",)),
     "grus_backup_unit_failed_timestamp_seconds": ("When the systemd unit last failed (Unix time).", ("unit",)),
 }
