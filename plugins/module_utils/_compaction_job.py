@@ -342,6 +342,27 @@ def list_snapshots(state_dir: str) -> list[tuple[str, dict]]:
     return found
 
 
+def compactions_path(state_dir: str) -> str:
+    return os.path.join(state_dir, "compactions.json")
+
+
+def compaction_times(state_dir: str) -> list[float]:
+    """When each compaction started (newest last): transactions older than one are no longer whole in
+    what came after it, so a rollback to them must come from the snapshot taken just before it."""
+    try:
+        with open(compactions_path(state_dir), encoding="utf-8") as fd:
+            return [float(t) for t in json.load(fd)]
+    except (OSError, ValueError):
+        return []
+
+
+def record_compaction(state_dir: str, start: float) -> None:
+    times = [*compaction_times(state_dir), start][-1000:]
+    with open(compactions_path(state_dir) + ".tmp", "w", encoding="utf-8") as fd:
+        json.dump(times, fd)
+    os.replace(compactions_path(state_dir) + ".tmp", compactions_path(state_dir))
+
+
 def take_snapshot(repo: str, state_dir: str, label: str, group_of: str | None = None) -> str:
     """Hard links of every segment, copies of the small files that borg changes in place; readable by the repo user."""
     base = snapshot_dir(state_dir)
@@ -363,8 +384,10 @@ def take_snapshot(repo: str, state_dir: str, label: str, group_of: str | None = 
         if os.path.exists(os.path.join(repo, name_)):
             shutil.copyfile(os.path.join(repo, name_), os.path.join(partial, name_))
     transactions = _segments.read_transactions(partial)
+    times = compaction_times(state_dir)
     info = {
         "created": time.time(),
+        "previous_compaction": times[-1] if times else 0,
         "created_utc": utc(),
         "reason": label,
         "repository": os.path.abspath(repo),
@@ -424,6 +447,7 @@ def scheduled_run(args) -> int:
     snap = take_snapshot(repo, state_dir, "compaction", args.run_as)
     say(f"snapshot {os.path.basename(snap)} kept {args.delay_days:g} day(s): deletions stay recoverable from it")
     start = time.time()
+    record_compaction(state_dir, start)
     compact(repo, state_dir, borg)
     transactions = _segments.read_transactions(repo)
     if transactions:

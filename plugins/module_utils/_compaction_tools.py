@@ -26,18 +26,23 @@ MODES = ("--restore-flag", "--audit-json", "--rollback", "--rollback-apply")
 
 
 def candidates(repo: str, state_dir: str, thresholds: _segments.Thresholds) -> list[dict]:
-    """The transactions one can roll back to: the repository's, then each snapshot's not in it (by inode)."""
-    found = []
-    live_inodes = set()
-    for txn in _segments.read_transactions(repo, thresholds):
-        found.append(dict(txn.as_dict(), source="repository", source_path=repo))
-    for _number, path in _segments.segment_files(repo):
-        live_inodes.add(os.stat(path).st_ino)
+    """The transactions one can roll back to, each once (by the inode of its commit segment).
+
+    A source (the repository, a snapshot) holds a transaction whole only if no compaction ran on it after
+    that transaction: older ones come from the snapshot taken just before the compaction that followed them.
+    """
+    times = job.compaction_times(state_dir)
+    sources = [("repository", repo, times[-1] if times else 0, None)]
     for path, info in job.list_snapshots(state_dir):
+        sources.append((os.path.basename(path), path, float(info.get("previous_compaction", 0)), info))
+    found, seen = [], set()
+    for name, path, since, info in sources:
         inodes = {n: os.stat(p).st_ino for n, p in _segments.segment_files(path)}
         for txn in _segments.read_transactions(path, thresholds):
-            if inodes.get(txn.number) not in live_inodes:
-                found.append(dict(txn.as_dict(), source=os.path.basename(path), source_path=path, snapshot=info))
+            if txn.time <= since or inodes.get(txn.number) in seen:
+                continue
+            seen.add(inodes.get(txn.number))
+            found.append(dict(txn.as_dict(), source=name, source_path=path, snapshot=info))
     found.sort(key=lambda t: (t["time"], t["source"] != "repository", t["number"]))
     for ordinal, txn in enumerate(found, start=1):
         txn["ordinal"] = ordinal
