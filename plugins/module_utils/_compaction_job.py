@@ -133,7 +133,9 @@ def check_keys(keys: str, forced: str) -> None:
     # OpenSSH reads authorized_keys2 beside it too (Debian's default AuthorizedKeysFile); we never write one.
     keys2 = os.path.join(os.path.dirname(keys), "authorized_keys2")
     if os.path.lexists(keys2):
-        raise KeysError(f"{keys2} exists: sshd also accepts the keys in it, without the append-only forced command checked here")
+        raise KeysError(
+            f"{keys2} exists: sshd also accepts the keys in it, without the append-only forced command checked here"
+        )
 
 
 # ---- 2. the repository's own append_only flag ---------------------------------------------------------
@@ -476,7 +478,7 @@ def parse_scheduled(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    from . import _compaction_tools  # the on-demand entry points (audit JSON, rollback, flag)
+    from . import _compaction_tools  # noqa: PLC0415 - the tools import this module
 
     if argv and argv[0] in _compaction_tools.MODES:
         return _compaction_tools.main(argv)

@@ -129,7 +129,8 @@ def rollback_apply(plan_path: str) -> int:
     with open(plan_path, encoding="utf-8") as fd:
         plan = json.load(fd)
     repo, source, keep = plan["repo"], plan["source"], {int(k): v for k, v in plan["keep"].items()}
-    from borg.locking import Lock  # borg's own lock: the one borg serve and borg compact take
+    # borg's own lock (imported here: borg is on the repository host only): the one borg serve and compact take
+    from borg.locking import Lock  # noqa: PLC0415 - borg is on the repository host only
 
     with Lock(os.path.join(repo, "lock"), exclusive=True, timeout=job.LOCK_WAIT):
         removed = 0
@@ -138,7 +139,7 @@ def rollback_apply(plan_path: str) -> int:
                 os.unlink(path)
                 removed += 1
         linked = 0
-        for number, relpath in keep.items():
+        for _number, relpath in keep.items():
             target = os.path.join(repo, relpath)
             if not os.path.exists(target):
                 os.makedirs(os.path.dirname(target), exist_ok=True)

@@ -81,7 +81,7 @@ class Transaction:
 
 @dataclass
 class Thresholds:
-    """A transaction is suspicious when it deletes at least ``min_objects`` objects AND ``max_share`` of the live ones."""
+    """Suspicious: a transaction deleting at least ``min_objects`` objects AND ``max_share`` of the live ones."""
 
     max_share: float = 0.2
     min_objects: int = 100

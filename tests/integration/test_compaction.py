@@ -115,7 +115,9 @@ def run_job(host: Host, *extra: str, delay_days: int = 7, interval_days: int = 0
 
 
 def run_env(host: Host, argv: list[str], env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        argv, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300, check=False
+    )
 
 
 def tool(host: Host, *args: str) -> subprocess.CompletedProcess:
@@ -232,7 +234,7 @@ def simulate(client: Client, src: Path, days: int = 20, per_day: int = 6, keep_d
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(moment))
         client.borg("create", "--timestamp", stamp, f"{client.url}::{name}", ".", cwd=src)
         made[name] = moment
-        due = [a for a, t in made.items() if t < moment - keep_days * 86400]
+        due = [a for a, t in made.items() if t <= moment - keep_days * 86400]
         if due:
             client.borg("delete", client.url, *due)
             for a in due:
@@ -319,7 +321,7 @@ def borg_shim(tmp_path: Path, body: str) -> dict:
 
 
 def flag(host: Host) -> str:
-    return [x for x in (host.repo / "config").read_text().splitlines() if x.startswith("append_only")][0]
+    return next(x for x in (host.repo / "config").read_text().splitlines() if x.startswith("append_only"))
 
 
 def deleted_archive(client: Client, tmp_path: Path) -> None:

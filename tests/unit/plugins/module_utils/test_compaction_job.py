@@ -16,10 +16,12 @@ KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJ2aFqKVbmlg0wPVMYcpA4Dm8Rz+qfFQ4w4p0
 def test_the_forced_command_carries_the_quota_and_only_from_may_follow():
     forced = job.forced_command(REPO, "500G")
     assert forced == f'restrict,command="borg serve --append-only --restrict-to-repository {REPO} --storage-quota 500G"'
-    assert job.forced_command(REPO, "") == f'restrict,command="borg serve --append-only --restrict-to-repository {REPO}"'
+    assert (
+        job.forced_command(REPO, "") == f'restrict,command="borg serve --append-only --restrict-to-repository {REPO}"'
+    )
     assert job.key_line_ok(f"{forced} {KEY}", forced)
     assert job.key_line_ok(f'{forced},from="192.0.2.1,10.0.0.0/8" {KEY}', forced)
-    assert not job.key_line_ok(f'{forced},pty {KEY}', forced)
+    assert not job.key_line_ok(f"{forced},pty {KEY}", forced)
     assert not job.key_line_ok(f'{forced},from="x",pty {KEY}', forced)
     assert not job.key_line_ok(f"{job.forced_command(REPO, '')} {KEY}", forced)
     assert not job.key_line_ok(KEY, forced)
@@ -62,7 +64,7 @@ def test_a_target_is_found_by_ordinal_or_number_and_refused_when_ambiguous():
     found = [txn(1, 5, 2, "20261201T033000Z-compaction"), txn(2, 9, 6), txn(3, 5, 2), txn(4, 13, 10, suspicious=True)]
     assert tools.choose(found, 2, None)["number"] == 9
     assert tools.choose(found, None, "9")["ordinal"] == 2
-    with pytest.raises(job.JobError, match="ambiguous.*ordinal 1.*ordinal 3"):
+    with pytest.raises(job.JobError, match=r"ambiguous.*ordinal 1.*ordinal 3"):
         tools.choose(found, None, "5")
     with pytest.raises(job.JobError, match="ambiguous"):
         tools.choose(found, None, "5:2-5")  # number and segment range repeat too after a rollback

@@ -84,7 +84,11 @@ def test_a_torn_last_entry_ends_the_segment_and_its_transaction_is_not_committed
 
 @pytest.mark.parametrize(
     "content, message",
-    [(b"ATTICSEG" + COMMIT, "magic"), (b"BORG_SEG" + entry(3, b"k" * 32), "unknown tag 3"), (b"BORG_SEG" + struct.pack("<IIB", 0, 3, 0), "impossible")],
+    [
+        (b"ATTICSEG" + COMMIT, "magic"),
+        (b"BORG_SEG" + entry(3, b"k" * 32), "unknown tag 3"),
+        (b"BORG_SEG" + struct.pack("<IIB", 0, 3, 0), "impossible"),
+    ],
 )
 def test_what_is_not_a_borg_1_segment_is_refused(repo, content, message):
     (repo.root / "data" / "0" / "0").write_bytes(content)
