@@ -1,14 +1,15 @@
 """Space cost of the compaction snapshots (the true delay): bytes only the snapshots keep, against the repository.
 
 Simulates DAYS days of PER_DAY backups (``borg create --timestamp``; each backup rewrites CHURN of the data)
-with a prune after each backup (archives older than RETENTION_DAYS go), and one run a day of the repository
+with a prune after each backup (archives older than RETENTION_DAYS go), and runs of the repository
 host's compaction job (the shipped ``grus_backup`` package, ``/usr/bin/python3``, interval 0, delay
-DELAY_DAYS; after each simulated day every snapshot is aged by a day, as the calendar would). Reports, after
+DELAY_DAYS, every COMPACT_EVERY_DAYS days; after each simulated day every snapshot is aged by a day, as the calendar would). Reports, after
 the last day, the repository's segment bytes, the bytes held only by snapshots (inodes no longer in the
 repository), and their ratio; and the same for a repository never compacted (what the old "compact every
 DELAY days" scheme held at most).
 
     /usr/bin/python3 bench/compaction_space.py [--days 10] [--per-day 6] [--retention-days 3] [--delay-days 7]
+        [--compact-every-days 1]
 """
 
 from __future__ import annotations
@@ -100,11 +101,12 @@ def simulate(args, base: Path) -> dict:
         made[name] = moment
         for a in due:
             del made[a]
-        if (n + 1) % args.per_day == 0:
+        if (n + 1) % (args.per_day * args.compact_every_days) == 0:
             argv = [sys.executable, "-m", "grus_backup._compaction_job", str(repo), str(args.delay_days)]
             argv += [str(home / ".cache" / "stamp"), str(home / ".ssh" / "authorized_keys")]
             argv += ["--interval-days", "0", "--max-deleted-share", "2", "--storage-quota", ""]
             subprocess.run(argv, env=job_env, check=True, capture_output=True)
+        if (n + 1) % args.per_day == 0:
             age_snapshots(home / "compaction" / "snapshots", 86400)
     live_bytes, live_inodes = segment_bytes(repo)
     held = snapshot_only_bytes(home / "compaction" / "snapshots", live_inodes)
@@ -114,6 +116,7 @@ def simulate(args, base: Path) -> dict:
         "backups_per_day": args.per_day,
         "retention_days": args.retention_days,
         "delay_days": args.delay_days,
+        "compact_every_days": args.compact_every_days,
         "repository_bytes": live_bytes,
         "snapshot_only_bytes": held,
         "snapshots": len(list((home / "compaction" / "snapshots").glob("*/grus-snapshot.json"))),
@@ -128,6 +131,7 @@ def main() -> int:
     parser.add_argument("--per-day", type=int, default=6)
     parser.add_argument("--retention-days", type=int, default=3)
     parser.add_argument("--delay-days", type=int, default=7)
+    parser.add_argument("--compact-every-days", type=int, default=1, help="repository_host_compact_interval_days")
     parser.add_argument("--churn", type=float, default=0.05, help="share of the files rewritten per backup")
     parser.add_argument("--file-kib", type=int, default=64)
     args = parser.parse_args()
