@@ -1,12 +1,12 @@
 """Space cost of the compaction snapshots (the true delay): bytes only the snapshots keep, against the repository.
 
 Simulates DAYS days of PER_DAY backups (``borg create --timestamp``; each backup rewrites CHURN of the data)
-with a prune after each backup (archives older than RETENTION_DAYS go), and runs of the repository
-host's compaction job (the shipped ``grus_backup`` package, ``/usr/bin/python3``, interval 0, delay
-DELAY_DAYS, every COMPACT_EVERY_DAYS days; after each simulated day every snapshot is aged by a day, as the calendar would). Reports, after
-the last day, the repository's segment bytes, the bytes held only by snapshots (inodes no longer in the
-repository), and their ratio; and the same for a repository never compacted (what the old "compact every
-DELAY days" scheme held at most).
+with a prune after each backup (archives older than RETENTION_DAYS go), and runs of the repository host's
+compaction job (the shipped ``grus_backup`` package, ``/usr/bin/python3``, interval 0, delay DELAY_DAYS, every
+COMPACT_EVERY_DAYS days; after each simulated day every snapshot is aged by a day, as the calendar would).
+Reports, after the last day, the repository's segment bytes, the bytes held only by snapshots (inodes no
+longer in the repository), and their ratio; and the same for a repository never compacted (what the old
+"compact every DELAY days" scheme held at most).
 
     /usr/bin/python3 bench/compaction_space.py [--days 10] [--per-day 6] [--retention-days 3] [--delay-days 7]
         [--compact-every-days 1]
@@ -110,7 +110,7 @@ def simulate(args, base: Path) -> dict:
             age_snapshots(home / "compaction" / "snapshots", 86400)
     live_bytes, live_inodes = segment_bytes(repo)
     held = snapshot_only_bytes(home / "compaction" / "snapshots", live_inodes)
-    plain_bytes, _ = segment_bytes(plain)
+    plain_bytes = segment_bytes(plain)[0]
     return {
         "days": args.days,
         "backups_per_day": args.per_day,

@@ -56,12 +56,17 @@ class KeysError(JobError):
     """authorized_keys lets a client key do more than an append-only borg serve of this repository."""
 
 
+def _write(stream, text: str) -> None:
+    stream.write(f"{PROG}: {text}\n")
+    stream.flush()
+
+
 def say(text: str) -> None:
-    print(f"{PROG}: {text}", flush=True)
+    _write(sys.stdout, text)
 
 
 def warn(text: str) -> None:
-    print(f"{PROG}: {text}", file=sys.stderr, flush=True)
+    _write(sys.stderr, text)
 
 
 def utc(ts: float | None = None) -> str:
@@ -496,4 +501,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

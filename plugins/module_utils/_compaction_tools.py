@@ -72,8 +72,7 @@ def audit_json(args) -> int:
         "hold": job.read_hold(hold) if os.path.exists(hold) else None,
         "thresholds": {"max_deleted_share": thresholds.max_share, "min_deleted_objects": thresholds.min_objects},
     }
-    json.dump(report, sys.stdout, indent=1)
-    print()
+    sys.stdout.write(json.dumps(report, indent=1) + "\n")
     return 0
 
 
@@ -81,7 +80,7 @@ def choose(found: list[dict], ordinal: int | None, spec: str | None) -> dict:
     if ordinal is not None:
         matches = [t for t in found if t["ordinal"] == ordinal]
     else:
-        number, _, segments = spec.partition(":")
+        number, _sep, segments = spec.partition(":")
         matches = [t for t in found if str(t["number"]) == number and (not segments or t["label"] == spec)]
     if len(matches) == 1:
         return matches[0]
@@ -149,7 +148,7 @@ def rollback_apply(plan_path: str) -> int:
         for name in os.listdir(repo):
             if job.INDEX_FILES.match(name):
                 os.unlink(os.path.join(repo, name))
-    print(f"{job.PROG}: removed {removed} segment(s), restored {linked} from {source}; index, hints, integrity removed")
+    job.say(f"removed {removed} segment(s), restored {linked} from {source}; index, hints, integrity removed")
     return 0
 
 
@@ -193,4 +192,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    raise SystemExit(main(sys.argv[1:]))

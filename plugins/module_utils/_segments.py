@@ -222,7 +222,7 @@ def read_transactions_log(repo: str) -> list[tuple[int, str]]:
     except FileNotFoundError:
         return pairs
     for line in lines:
-        head, _, when = line.partition(", UTC time ")
+        head, _sep, when = line.partition(", UTC time ")
         number = head.removeprefix("transaction ")
         if number.isdigit():
             pairs.append((int(number), when.strip()))

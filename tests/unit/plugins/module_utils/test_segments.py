@@ -118,7 +118,7 @@ def test_a_mass_delete_is_suspicious_and_a_prune_is_not(repo):
     repo.transaction(*(put(n) for n in range(300)))
     repo.transaction(*(delete(n) for n in range(10)))  # 3 %: a prune
     repo.transaction(*(delete(n) for n in range(10, 300)))  # everything else
-    _, prune, mass = read_transactions(str(repo.root), Thresholds(max_share=0.2, min_objects=100))
+    _first, prune, mass = read_transactions(str(repo.root), Thresholds(max_share=0.2, min_objects=100))
     assert not prune.suspicious
     assert mass.suspicious and "deleted 290 of 290 live objects (100%" in mass.reason
 
@@ -142,7 +142,7 @@ def test_segments_are_read_in_number_order_across_directories_and_empty_ones_ski
     (repo.root / "data" / "1" / "1000").write_bytes(b"BORG_SEG" + delete(1) + COMMIT)
     repo.transaction(put(1))
     (repo.root / "data" / "0" / "5").write_bytes(b"")  # truncated before unlink: borg treats it as absent
-    assert [n for n, _ in _segments.segment_files(str(repo.root))] == [0, 1, 1000]
+    assert [n for n, _path in _segments.segment_files(str(repo.root))] == [0, 1, 1000]
     assert [t.objects_deleted for t in read_transactions(str(repo.root))] == [0, 1]
 
 
