@@ -437,6 +437,9 @@ def scheduled_run(args) -> int:
     borg = Borg(args.run_as)
     state_dir = args.state_dir or os.path.join(os.path.dirname(repo), "compaction")
     os.makedirs(state_dir, mode=0o750, exist_ok=True)
+    if not os.path.exists(os.path.join(repo, "config")):
+        say(f"{repo} has no repository yet (the key holder creates it): nothing to audit or compact")
+        return 0
     restore_flag(repo, state_dir, borg)
     hold = hold_path(repo)
     if os.path.exists(hold):
@@ -472,7 +475,7 @@ def parse_scheduled(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("delay_days", metavar="DELAY_DAYS", type=float, help="days each snapshot is kept")
     parser.add_argument("stamp", metavar="STAMP_FILE")
     parser.add_argument("authorized_keys", metavar="AUTHORIZED_KEYS")
-    parser.add_argument("--interval-days", type=float, default=1.0, help="days between compactions")
+    parser.add_argument("--interval-days", type=float, default=7.0, help="days between compactions")
     parser.add_argument("--storage-quota", default="", help="the --storage-quota of the forced command")
     parser.add_argument("--run-as", default=None, help="the repository's user (borg runs as it)")
     parser.add_argument("--state-dir", default=None, help="snapshots, audit mark, flag intent")

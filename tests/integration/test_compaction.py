@@ -217,6 +217,13 @@ def test_snapshots_expire_only_after_the_delay(world, tmp_path):
     assert not snap.exists()
 
 
+def test_before_the_key_holder_created_the_repository_the_run_only_guards(world):
+    host, _client = world
+    proc = run_job(host)
+    assert proc.returncode == 0, proc.stderr
+    assert "no repository yet" in proc.stdout and not host.repo.exists()
+
+
 # ---- item 2 and 4: the deletion audit, the hold, the guided rollback ---------------------------------------
 
 
