@@ -18,9 +18,15 @@ import yaml
 ROOT = Path(__file__).resolve().parents[4]
 MODULE_UTILS = ROOT / "plugins" / "module_utils"
 JOBS = [
-    # (the role's vars file, the list variable in it, the entry point the systemd unit runs)
-    (ROOT / "roles" / "key_holder" / "vars" / "main.yml", "__key_holder_module_utils", "_backup_job"),
-    (ROOT / "roles" / "sync_client" / "vars" / "main.yml", "__sync_client_module_utils", "_rsync"),
+    # (the role's vars file, the list variable in it, the entry point the systemd unit runs, its --help shows)
+    (ROOT / "roles" / "key_holder" / "vars" / "main.yml", "__key_holder_module_utils", "_backup_job", "--config"),
+    (ROOT / "roles" / "sync_client" / "vars" / "main.yml", "__sync_client_module_utils", "_rsync", "--config"),
+    (
+        ROOT / "roles" / "repository_host" / "vars" / "main.yml",
+        "__repository_host_module_utils",
+        "_compaction_tools",
+        "AUTHORIZED_KEYS",
+    ),
 ]
 
 
@@ -49,14 +55,14 @@ def import_closure(entry: str) -> set:
     return seen
 
 
-@pytest.mark.parametrize(("vars_file", "variable", "entry"), JOBS, ids=[job[2] for job in JOBS])
-def test_the_role_ships_exactly_what_the_job_imports(vars_file, variable, entry):
+@pytest.mark.parametrize(("vars_file", "variable", "entry", "usage"), JOBS, ids=[job[2] for job in JOBS])
+def test_the_role_ships_exactly_what_the_job_imports(vars_file, variable, entry, usage):
     shipped = {Path(name).stem for name in shipped_files(vars_file, variable)}
     assert shipped == import_closure(entry)
 
 
-@pytest.mark.parametrize(("vars_file", "variable", "entry"), JOBS, ids=[job[2] for job in JOBS])
-def test_the_job_runs_from_the_shipped_files_alone(tmp_path, vars_file, variable, entry):
+@pytest.mark.parametrize(("vars_file", "variable", "entry", "usage"), JOBS, ids=[job[2] for job in JOBS])
+def test_the_job_runs_from_the_shipped_files_alone(tmp_path, vars_file, variable, entry, usage):
     package = tmp_path / "grus_backup"
     package.mkdir()
     (package / "__init__.py").write_text("# as the role writes it\n")
@@ -73,4 +79,4 @@ def test_the_job_runs_from_the_shipped_files_alone(tmp_path, vars_file, variable
         timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "--config" in proc.stdout
+    assert usage in proc.stdout
