@@ -41,7 +41,7 @@ from ._borg_parse import (
     summarize_archive,
     summarize_message,
 )
-from ._borg_validate import local_repo_path
+from ._borg_validate import local_repo_path, validate_common
 from ._runner import CommandNotFound, redact, run, stream
 
 
@@ -74,7 +74,17 @@ class BorgRepo:
     @classmethod
     def from_params(cls, params: dict, borg: str = "borg", runner=None, streamer=None) -> BorgRepo:
         """The one way a connection is built: from a mapping with the common options' names
-        (the modules' parameters, the backup job's configuration); missing ones take their defaults."""
+        (the modules' parameters, the backup job's configuration); missing ones take their defaults.
+
+        An empty ``repo`` or a negative ``lock_wait`` is refused here, before borg can run."""
+        try:
+            validate_common(params)
+        except BorgError as exc:
+            repo = str(params.get("repo") or "").strip()
+            if not repo:
+                raise
+            secrets = (params["passphrase"],) if params.get("passphrase") else ()
+            raise BorgError(f"repository {repo}: {exc.message}", cause=exc.cause, repo=repo, secrets=secrets) from exc
         return cls(
             repo=params["repo"],
             passphrase=params.get("passphrase"),
