@@ -68,6 +68,21 @@ def is_remote(repo: str) -> bool:
     return bool(re.match(r"^(?:[^@/:]+@)?[^@/:]+:", repo))
 
 
+_SSH_URL_RE = re.compile(r"^ssh://(?:(?P<user>[^@/]+)@)?(?P<host>\[[^\]/]+\]|[^:/]+)(?::(?P<port>[0-9]+))?/")
+_SCP_RE = re.compile(r"^(?:(?P<user>[^@/:]+)@)?(?P<host>[^@/:]+):")
+
+
+def ssh_target(repo: str):
+    """``(user_at_host, port)`` that borg hands to ssh for a remote repository; ``None`` for a local one."""
+    match = _SSH_URL_RE.match(repo) if repo.startswith("ssh://") else (_SCP_RE.match(repo) if is_remote(repo) else None)
+    if not match:
+        return None
+    host = match.group("host").strip("[]")
+    user = match.group("user")
+    port = match.groupdict().get("port")
+    return (f"{user}@{host}" if user else host), (int(port) if port else None)
+
+
 def local_repo_path(repo: str) -> str | None:
     """The filesystem path of a local repository, ``None`` for a remote one."""
     if is_remote(repo):
