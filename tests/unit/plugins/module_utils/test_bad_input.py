@@ -245,3 +245,39 @@ def test_a_changed_host_key_has_its_own_cause_not_connection_closed():
     )
     # without ssh's words it stays a closed connection
     assert classify_failure(2, logs[2:], stderr.splitlines()[2]).cause == "connection_closed"
+
+
+def test_a_closed_connection_asks_ssh_alone_whether_it_refused_the_host_key():
+    """borg loses ssh's stderr now and then: the probe is the same ssh, stopped before any login."""
+    calls = []
+
+    def runner(argv, **_kw):
+        calls.append(argv)
+        if argv[0] == "borg":
+            closed = '{"type": "log_message", "levelname": "ERROR", "msgid": "ConnectionClosed", "message": "x"}\n'
+            return _runner.Result(argv, 80, "", closed)
+        return _runner.Result(argv, 255, "", "Host key for [h]:2222 has changed and you have requested strict checking.\n")
+
+    conn = BorgRepo.from_params(
+        {"repo": "ssh://borg@sarus.example.net:2222/srv/borg/a", "rsh": "ssh -i /k -p 22"}, runner=runner
+    )
+    with pytest.raises(BorgError) as err:
+        conn.run(["borg", "list", "--", conn.repo])
+    assert err.value.cause == "host_key_changed" and "has changed" in err.value.message
+    probe = calls[1]
+    assert probe[:2] == ["ssh", "-o"] and "PubkeyAuthentication=no" in probe and "BatchMode=yes" in probe
+    assert probe[-5:] == ["-p", "2222", "--", "borg@sarus.example.net", "true"]
+    assert probe.index("PubkeyAuthentication=no") < probe.index("-i")  # ours first: ssh takes the first value
+
+    # ssh connects (a key problem elsewhere): still a closed connection; local repositories are never probed
+    conn.runner = lambda argv, **_kw: (
+        runner(argv) if argv[0] == "borg" else _runner.Result(argv, 255, "", "Permission denied (publickey).\n")
+    )
+    with pytest.raises(BorgError) as err:
+        conn.run(["borg", "list", "--", conn.repo])
+    assert err.value.cause == "connection_closed"
+    local = BorgRepo.from_params({"repo": "/srv/borg/a"}, runner=runner)
+    calls.clear()
+    with pytest.raises(BorgError):
+        local.run(["borg", "list", "--", local.repo])
+    assert [c[0] for c in calls] == ["borg"]
