@@ -217,11 +217,19 @@ def test_key_holder_role_refuses_a_zero_retention_at_deploy(tmp_path, retention,
     playbook = tmp_path / "checks.yml"
     checks = REPO_ROOT / "roles" / "key_holder" / "tasks" / "checks.yml"
     playbook.write_text(
-        "- hosts: localhost\n  gather_facts: false\n  tasks:\n"
-        f"    - ansible.builtin.import_tasks: {checks}\n"
+        f"- hosts: localhost\n  gather_facts: false\n  tasks:\n    - ansible.builtin.import_tasks: {checks}\n"
     )
     proc = subprocess.run(
-        ["ansible-playbook", "-i", "localhost,", "-c", "local", "-e", f"key_holder_retention={retention}", str(playbook)],
+        [
+            "ansible-playbook",
+            "-i",
+            "localhost,",
+            "-c",
+            "local",
+            "-e",
+            f"key_holder_retention={retention}",
+            str(playbook),
+        ],
         env=ansible_env(tmp_path),
         capture_output=True,
         text=True,

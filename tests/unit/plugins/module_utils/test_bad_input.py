@@ -109,8 +109,10 @@ def test_a_negative_lock_wait_is_refused_for_every_connection():
 
 @pytest.mark.parametrize(
     "spec",
-    ["none", "lz4", "zstd", "zstd,1", "zstd,22", "zlib,0", "zlib,9", "lzma", "lzma,9", "auto,zstd,10", "auto,lz4"]
-    + ["obfuscate,1,zstd,3", "obfuscate,110,none", "obfuscate,6,auto,lz4"],
+    [
+        *("none", "lz4", "zstd", "zstd,1", "zstd,22", "zlib,0", "zlib,9", "lzma", "lzma,9"),
+        *("auto,zstd,10", "auto,lz4", "obfuscate,1,zstd,3", "obfuscate,110,none", "obfuscate,6,auto,lz4"),
+    ],
 )
 def test_borgs_compression_specs_pass(spec):
     assert validate_compression(spec) == spec
@@ -146,7 +148,9 @@ def test_borgs_files_cache_modes_pass(mode):
     assert validate_files_cache(mode) == mode
 
 
-@pytest.mark.parametrize("mode", ["ctime", "mtime,inode", "ctime,mtime,size", "disabled,size", "nfs", "", "ctime, size"])
+@pytest.mark.parametrize(
+    "mode", ["ctime", "mtime,inode", "ctime,mtime,size", "disabled,size", "nfs", "", "ctime, size"]
+)
 def test_bad_files_cache_is_refused(mode):
     with pytest.raises(BorgError, match=f"invalid files_cache {mode!r}"):
         validate_files_cache(mode)
@@ -256,7 +260,9 @@ def test_a_closed_connection_asks_ssh_alone_whether_it_refused_the_host_key():
         if argv[0] == "borg":
             closed = '{"type": "log_message", "levelname": "ERROR", "msgid": "ConnectionClosed", "message": "x"}\n'
             return _runner.Result(argv, 80, "", closed)
-        return _runner.Result(argv, 255, "", "Host key for [h]:2222 has changed and you have requested strict checking.\n")
+        return _runner.Result(
+            argv, 255, "", "Host key for [h]:2222 has changed and you have requested strict checking.\n"
+        )
 
     conn = BorgRepo.from_params(
         {"repo": "ssh://borg@sarus.example.net:2222/srv/borg/a", "rsh": "ssh -i /k -p 22"}, runner=runner

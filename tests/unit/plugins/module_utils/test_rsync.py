@@ -12,9 +12,9 @@ import pytest
 from ansible_collections.grus.backup.plugins.module_utils import _rsync
 from ansible_collections.grus.backup.plugins.module_utils._rsync import select_volumes, sync, write_marker
 from ansible_collections.grus.backup.plugins.module_utils._rsync_options import (
-    SyncError,
     DEFAULT_IO_TIMEOUT,
     DEFAULT_MAX_DELETE,
+    SyncError,
     SyncOptions,
     build_rsync_argv,
     dest_dir,
