@@ -18,6 +18,7 @@ options:
       - The borg repository.
       - A local path (V(/srv/borg/antigone)), V(ssh://user@host[:port]/absolute/path), or
         V(user@host:path) (scp style).
+      - An empty value is refused; E(BORG_REPO) from the environment is never used.
     type: str
     required: true
   passphrase:
@@ -52,7 +53,7 @@ options:
     type: str
   lock_wait:
     description:
-      - Seconds to wait for the repository lock (C(--lock-wait)) before failing.
+      - Seconds to wait for the repository lock (C(--lock-wait)) before failing. A negative number is refused.
     type: int
     default: 60
   host_id:
@@ -72,6 +73,8 @@ options:
     type: path
 notes:
   - Needs borg >= 1.2.8 and < 2 on the managed host (older borg is refused because of CVE-2023-36811).
+  - Borg sees no E(BORG_*) variable of the environment Ansible runs it in (E(BORG_REPO), E(BORG_PASSPHRASE),
+    E(BORG_KEY_FILE), E(BORG_CACHE_DIR), ...); only what these options set reaches it.
   - Borg never gets to ask a question. Its standard input is C(/dev/null) and every confirmation
     (relocated repository, unknown unencrypted repository, dangerous commands) is answered C(no).
 requirements:

@@ -30,8 +30,12 @@ from ._borg_validate import (
     RETENTION_KEYS,
     check_restore_dest,
     has_placeholder,
+    validate_compression,
+    validate_count,
+    validate_files_cache,
     validate_restore_paths,
     validate_retention,
+    validate_timestamp,
 )
 from ._borg_version import cached_borg_version
 from ._prune import guarded_prune
@@ -56,7 +60,7 @@ def append_only_warning(conn: BorgRepo, what: str) -> tuple[bool | None, str]:
 
 
 def literal_name(conn: BorgRepo, params: dict) -> str:
-    name = params["name"]
+    name = checked_name(conn, params)
     if has_placeholder(name):
         raise conn.refuse(
             f"state={params['state']} needs a literal archive name, not a placeholder: {name}", "invalid_input"
@@ -67,7 +71,30 @@ def literal_name(conn: BorgRepo, params: dict) -> str:
 # ---------------------------------------------------------------------------- input checks (before borg runs)
 
 
+# The explicit opt-in for a prune across every archive of the repository (every job's prefix).
+MATCH_ALL_ARCHIVES = "*"
+
+
+def checked_name(conn, params) -> str | None:
+    """The archive name; an empty one is refused (borg would read ``REPO::`` as the repository)."""
+    name = params.get("name")
+    if name is not None and not str(name).strip():
+        raise conn.refuse(
+            f"name is empty: give an archive name (state={params['state']})"
+            + ("; leave name out to list the archives" if params["state"] == "listed" else ""),
+            "invalid_input",
+        )
+    return name
+
+
 def check_present(conn, params) -> dict:
+    checked_name(conn, params)
+    try:
+        validate_compression(params["compression"])
+        validate_files_cache(params["files_cache"])
+        validate_timestamp(params["timestamp"])
+    except BorgError as exc:
+        raise conn.refuse(exc.message, exc.cause) from exc
     paths = list(params["paths"])
     if not paths:
         raise conn.refuse(f"state=present needs paths to archive into {conn.repo}", "invalid_input")
@@ -97,11 +124,23 @@ def check_pruned(conn, params) -> dict:
     retention = validate_retention({key: params[key] for key in RETENTION_KEYS if key in params})
     if params["max_deletions"] is None or params["max_deletions"] < 0:
         raise conn.refuse("max_deletions must be 0 or more", "invalid_input")
+    if not (params.get("match_archives") or "").strip():
+        raise conn.refuse(
+            "state=pruned needs match_archives: without it the retention would apply to the archives of "
+            "every job in the repository (every prefix) together; give this job's prefix (e.g. antigone-), "
+            f"or match_archives='{MATCH_ALL_ARCHIVES}' to prune every archive on purpose",
+            "invalid_input",
+        )
     return {"retention": retention}
 
 
 def check_listed(conn, params) -> dict:
-    return {"paths": validate_restore_paths(params["paths"]) if params["name"] else []}
+    name = checked_name(conn, params)
+    try:
+        validate_count("max_files", params["max_files"], "0 (all) or more")
+    except BorgError as exc:
+        raise conn.refuse(exc.message, exc.cause) from exc
+    return {"paths": validate_restore_paths(params["paths"]) if name else []}
 
 
 # ---------------------------------------------------------------------------- states

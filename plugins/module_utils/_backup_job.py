@@ -78,7 +78,14 @@ from . import _marker, _metrics, _ping, _volume_guard
 from ._borg_argv import DEFAULT_COMPRESSION, DEFAULT_LOCK_WAIT, check_argv
 from ._borg_failures import BorgError
 from ._borg_repo import BorgRepo, create_archive
-from ._borg_validate import validate_retention
+from ._borg_validate import (
+    validate_compression,
+    validate_count,
+    validate_files_cache,
+    validate_repo,
+    validate_retention,
+    validate_timestamp,
+)
 from ._borg_version import cached_borg_version
 from ._config import dataclass_kwargs
 from ._prune import DEFAULT_CLOCK_TOLERANCE, DEFAULT_MAX_DELETIONS, guarded_prune
@@ -169,6 +176,12 @@ class JobConfig:
             raise JobError("usage", f"state_dir must be an absolute path, not {self.state_dir!r}")
         try:
             self.retention = validate_retention(self.retention)
+            # Bad input fails here, before the run starts (and before borg could misread it).
+            validate_repo(self.repo)
+            self.lock_wait = validate_count("lock_wait", self.lock_wait, "0 or more seconds")
+            self.clock_tolerance = validate_count("clock_tolerance", self.clock_tolerance, "0 or more seconds")
+            validate_compression(self.compression)
+            validate_files_cache(self.files_cache)
         except BorgError as exc:
             raise JobError("usage", exc.message) from exc
         normalised = []
@@ -479,6 +492,14 @@ def release_hold(config: JobConfig) -> int:
     return EXIT_OK
 
 
+def check_timestamp(timestamp: str, tolerance_seconds: int) -> None:
+    """Refuse a --timestamp ahead of the clock: that archive would hold every later prune (clock guard)."""
+    try:
+        validate_timestamp(timestamp, tolerance_seconds=tolerance_seconds)
+    except BorgError as exc:
+        raise JobError("usage", f"--timestamp: {exc.message}") from exc
+
+
 def main(argv=None, runner=None) -> int:
     parser = argparse.ArgumentParser(prog="grus-backup-run", description="guarded borg backup run (grus.backup)")
     parser.add_argument("--config", required=True, help="JSON file with the job configuration")
@@ -517,6 +538,7 @@ def _run(args, runner) -> tuple:
             config.max_deletions = args.max_deletions
         if args.timestamp:
             datetime.strptime(args.timestamp, ARCHIVE_TIME_FORMAT)
+            check_timestamp(args.timestamp, config.clock_tolerance)
     except JobError as exc:
         _say(f"grus-backup: FAILED ({exc.kind}): {exc.message}", sys.stderr)
         return EXIT_ERROR, 0, None, None

@@ -11,10 +11,13 @@ to prompt: stdin is /dev/null, and every question borg could ask is answered her
 
 from __future__ import annotations
 
+import shlex
+
 from ._borg_failures import BorgError
 from ._borg_validate import (
     RETENTION_OPTIONS,
     glob_for,
+    ssh_target,
     validate_restore_paths,
     validate_retention,
     validate_storage_quota,
@@ -229,3 +232,34 @@ def config_argv(repo, key, value=None, *, delete=False, borg="borg", lock_wait=N
     if value is not None and not delete:
         command.append(str(value))
     return borg_argv(command, borg=borg, lock_wait=lock_wait)
+
+
+# ssh that stops after the host key check: no authentication method is offered, so it never logs
+# in (no borg serve starts on the repository host); the first value of an option wins in ssh,
+# so these come before the operator's own.
+_NO_LOGIN = (
+    "BatchMode=yes",
+    "ConnectTimeout=10",
+    "PubkeyAuthentication=no",
+    "PasswordAuthentication=no",
+    "KbdInteractiveAuthentication=no",
+    "HostbasedAuthentication=no",
+    "GSSAPIAuthentication=no",
+)
+
+
+def host_key_probe_argv(repo: str, rsh=None) -> list | None:
+    """The ssh command borg would run for ``repo`` (``BORG_RSH`` + ``-p`` + ``user@host``), made to stop
+    after the host key check. ``None`` for a local repository."""
+    target = ssh_target(repo)
+    if target is None:
+        return None
+    user_at_host, port = target
+    words = shlex.split(rsh or DEFAULT_RSH)
+    argv = [words[0]]
+    for option in _NO_LOGIN:
+        argv += ["-o", option]
+    argv += words[1:]
+    if port:
+        argv += ["-p", str(port)]
+    return [*argv, "--", user_at_host, "true"]

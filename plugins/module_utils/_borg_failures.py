@@ -147,6 +147,15 @@ FAILURES = (
         texts=("Permission denied", "PermissionError"),
     ),
     Failure(
+        # ssh's own words (borg forwards them as "Remote: ..."); before connection_closed, which
+        # is how borg ends such a session too.
+        "host_key_changed",
+        "host key verification failed (possible man-in-the-middle, or the repository host was reinstalled) "
+        "for repository {repo}: ssh refused the host's key because it does not match the one pinned in "
+        "known_hosts (or none is pinned); nothing was sent. Verify the new key out of band before pinning it",
+        texts=("REMOTE HOST IDENTIFICATION HAS CHANGED", "Host key verification failed"),
+    ),
+    Failure(
         "connection_closed",
         "connection to repository {repo} closed: the host is unreachable, ssh failed, "
         "or borg is not working on the server",

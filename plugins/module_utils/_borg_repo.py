@@ -24,12 +24,13 @@ from ._borg_argv import (
     delete_argv,
     delete_planned_argv,
     extract_argv,
+    host_key_probe_argv,
     init_argv,
     key_export_argv,
     list_argv,
     prune_argv,
 )
-from ._borg_failures import BorgError, classify_failure, exit_status
+from ._borg_failures import FAILURES, BorgError, classify_failure, exit_status
 from ._borg_parse import (
     config_append_only,
     file_statuses,
@@ -41,7 +42,7 @@ from ._borg_parse import (
     summarize_archive,
     summarize_message,
 )
-from ._borg_validate import local_repo_path
+from ._borg_validate import local_repo_path, validate_common
 from ._runner import CommandNotFound, redact, run, stream
 
 
@@ -74,7 +75,17 @@ class BorgRepo:
     @classmethod
     def from_params(cls, params: dict, borg: str = "borg", runner=None, streamer=None) -> BorgRepo:
         """The one way a connection is built: from a mapping with the common options' names
-        (the modules' parameters, the backup job's configuration); missing ones take their defaults."""
+        (the modules' parameters, the backup job's configuration); missing ones take their defaults.
+
+        An empty ``repo`` or a negative ``lock_wait`` is refused here, before borg can run."""
+        try:
+            validate_common(params)
+        except BorgError as exc:
+            repo = str(params.get("repo") or "").strip()
+            if not repo:
+                raise
+            secrets = (params["passphrase"],) if params.get("passphrase") else ()
+            raise BorgError(f"repository {repo}: {exc.message}", cause=exc.cause, repo=repo, secrets=secrets) from exc
         return cls(
             repo=params["repo"],
             passphrase=params.get("passphrase"),
@@ -168,12 +179,38 @@ class BorgRepo:
         failure = classify_failure(rc, logs, stderr)
         msgid = next((e.get("msgid") for e in logs if e.get("msgid") and e.get("levelname") == "ERROR"), None)
         details = log_messages(logs, levels=("ERROR", "CRITICAL", "WARNING"))
+        if failure.cause == "connection_closed":
+            said = self.host_key_refusal()
+            if said:
+                failure = next(f for f in FAILURES if f.cause == "host_key_changed")
+                details.append(f"ssh: {said}")
         message = failure.message.format(repo=self.repo, archive=archive if archive is not None else "?")
         said = "; ".join(summarize_message(d) for d in details[-3:] if d != "Local Exception")
         message = f"{message} (borg rc {rc}: {said})" if said else f"{message} (borg rc {rc})"
         return BorgError(
             message, cause=failure.cause, rc=rc, msgid=msgid, repo=self.repo, details=details, secrets=self.secrets
         )
+
+    def host_key_refusal(self) -> str:
+        """ssh's own words when it refuses the repository host's key, else ``""``.
+
+        Borg forwards ssh's stderr only when it reads it before it sees the connection close (a race
+        in its RPC reader), so a closed connection is asked again, by ssh alone: the same command borg
+        ran, stopped after the host key check, so that it never logs in.
+        """
+        argv = host_key_probe_argv(self.repo, self.rsh)
+        if argv is None:
+            return ""
+        runner = self.runner or run
+        try:
+            result = runner(argv, env={"LC_ALL": "C"}, timeout=30)
+        except (CommandNotFound, ValueError, OSError):
+            return ""
+        text = result.stderr or ""
+        for line in text.splitlines():
+            if "Host key verification failed" in line or "has changed and you have requested strict" in line:
+                return redact(line.strip(), self.secrets)
+        return ""
 
     def argv_kwargs(self) -> dict:
         return {"borg": self.borg, "lock_wait": self.lock_wait}

@@ -52,7 +52,15 @@ import sys
 import time
 
 from . import _marker, _metrics, _ping
-from ._rsync_options import SyncError, SyncOptions, build_rsync_argv, dest_dir, is_excluded, split_remote
+from ._rsync_options import (
+    SyncError,
+    SyncOptions,
+    build_rsync_argv,
+    check_marker_not_a_volume,
+    dest_dir,
+    is_excluded,
+    split_remote,
+)
 from ._rsync_output import (
     STATUS_ERROR,
     STATUS_MAX_DELETE,
@@ -92,6 +100,7 @@ def select_volumes(options: SyncOptions):
     """
     _check_source(options)
     names = _discovered_volumes(options) if options.volumes is None else _listed_volumes(options)
+    check_marker_not_a_volume(options, names)
     excluded = [n for n in names if is_excluded(n, options.exclude)]
     volumes = [n for n in names if n not in excluded]
     if not options.allow_empty:

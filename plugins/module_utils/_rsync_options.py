@@ -24,6 +24,18 @@ DEFAULT_LOCK = "/run/lock/grus-backup-nfs-sync.lock"
 DEFAULT_LOCK_TIMEOUT = 300
 
 
+# A sync deletes at most this many files and directories in dest per run unless told otherwise
+# (the sync_client role's default too). Normal churn of service volumes stays well below it;
+# a source that lost most of its files (a half-mounted disk, a wrong src) is refused before
+# rsync deletes anything (the dry run first), instead of mirroring the loss into the copy.
+DEFAULT_MAX_DELETE = 1000
+
+
+# rsync --timeout: a stalled connection (a dead link, a hung NFS server) ends the sync, and
+# frees its lock, after this many seconds without I/O instead of holding both forever.
+DEFAULT_IO_TIMEOUT = 300
+
+
 _BWLIMIT_RE = re.compile(r"^[0-9]+(\.[0-9]+)?[bBkKmMgGtTpP]?$")
 
 
@@ -56,7 +68,7 @@ class SyncOptions:
     volumes: list | None = None
     exclude: list = field(default_factory=list)
     delete: bool = True
-    max_delete: int | None = None
+    max_delete: int | None = DEFAULT_MAX_DELETE
     preserve_acls: bool = True
     preserve_xattrs: bool = True
     preserve_hardlinks: bool = True
@@ -64,7 +76,7 @@ class SyncOptions:
     bwlimit: str | None = None
     checksum: bool = False
     rsh: str | None = None
-    io_timeout: int | None = None
+    io_timeout: int | None = DEFAULT_IO_TIMEOUT
     marker: bool = True
     marker_name: str = DEFAULT_MARKER_NAME
     lock: str | None = DEFAULT_LOCK
@@ -131,6 +143,18 @@ class SyncOptions:
                 raise SyncError("usage", f"invalid exclude pattern {pattern!r}")
         if self.marker:
             check_plain_name(self.marker_name, "marker_name", "a plain file name, written in dest")
+        check_marker_not_a_volume(self, self.volumes or ())
+
+
+def check_marker_not_a_volume(options: SyncOptions, names) -> None:
+    """Refuse a marker named like a volume: ``--exclude=/<marker_name>`` would leave the volume out
+    of every sync (its copy silently ageing), and the marker would be written over its copy."""
+    if options.marker and options.marker_name in names:
+        raise SyncError(
+            "usage",
+            f"marker_name {options.marker_name!r} is also the name of a volume under {options.src}: that volume "
+            "would never be synced and the marker would overwrite its copy in dest; choose another marker_name",
+        )
 
 
 def _count_or_none(value, message: str):

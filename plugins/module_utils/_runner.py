@@ -21,13 +21,24 @@ REDACTED = "********"
 
 # Environment variables that must never leak from the caller into a child by
 # accident: a stray BORG_PASSPHRASE in the operator's shell would otherwise win
-# over the passcommand we set.
+# over the passcommand we set, and a BORG_REPO (``set -a; . borg.env``) would be
+# the repository borg uses when ours is empty.
 _SCRUBBED_FROM_PARENT = (
     "BORG_PASSPHRASE",
     "BORG_NEW_PASSPHRASE",
     "BORG_PASSCOMMAND",
     "BORG_PASSPHRASE_FD",
+    "BORG_REPO",
 )
+# And every other BORG_* as well (BORG_KEY_FILE picks another key, BORG_CACHE_DIR,
+# BORG_SECURITY_DIR and BORG_CONFIG_DIR win over BORG_BASE_DIR, BORG_LOGGING_CONF
+# breaks --log-json, BORG_*_IS_OK answers a question with yes): borg sees only what
+# the caller sets in ``extra``, i.e. the options it was given.
+_SCRUBBED_PREFIX = "BORG_"
+
+
+def _inherited(name: str) -> bool:
+    return name not in _SCRUBBED_FROM_PARENT and not name.startswith(_SCRUBBED_PREFIX)
 
 
 class CommandNotFound(Exception):
@@ -66,13 +77,13 @@ def redact(text: str, secrets=()) -> str:
 
 
 def build_env(extra: dict | None = None, inherit: bool = True) -> dict:
-    """The child's environment: the parent's (minus stray secrets) plus ``extra``.
+    """The child's environment: the parent's (minus every BORG_* variable) plus ``extra``.
 
     A value of ``None`` in ``extra`` removes the variable.
     """
     env = {}
     if inherit:
-        env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED_FROM_PARENT}
+        env = {k: v for k, v in os.environ.items() if _inherited(k)}
     # Stable, parseable output whatever the operator's locale is.
     env["LC_ALL"] = "C.UTF-8"
     env["LANG"] = "C.UTF-8"

@@ -44,6 +44,7 @@ options:
       - Borg placeholders such as V({hostname}-{now}) are allowed with O(state=present). Such a name
         cannot be checked for existence beforehand, so every run creates a new archive.
       - Required for V(present), V(absent) and V(extracted); with V(listed) it lists that archive's files.
+      - An empty name is refused (leave O(name) out to list the archives).
     type: str
   state:
     description:
@@ -82,6 +83,8 @@ options:
   compression:
     description:
       - Compression for new data (C(--compression)), in borg's notation (V(lz4), V(zstd,3), V(auto,zstd,10)).
+      - Checked before borg runs, as C(borg help compression) describes it - V(none), V(lz4), V(zstd[,1-22]),
+        V(zlib[,0-9]), V(lzma[,0-9]), V(auto,<spec>), V(obfuscate,<1-6|110-123>,<spec>) - anything else is refused.
     type: str
     default: lz4
   files_cache:
@@ -89,6 +92,8 @@ options:
       - Borg's files cache mode (C(--files-cache)). Use V(ctime,size) or V(mtime,size) for NFS and other
         sources whose inode numbers are not stable, so that unchanged files are not read again.
       - Not set leaves borg's default (V(ctime,size,inode)).
+      - One of the modes borg accepts (in any order), checked before borg runs - V(ctime,size,inode),
+        V(mtime,size,inode), V(ctime,size), V(mtime,size), V(rechunk,ctime), V(rechunk,mtime), V(size), V(disabled).
     type: str
   comment:
     description:
@@ -98,6 +103,8 @@ options:
     description:
       - The archive time of a new archive (C(--timestamp)), UTC as V(yyyy-mm-ddThh:mm:ss), or a file whose
         mtime to use. Defaults to now.
+      - A time (or file modification time) more than five minutes ahead of the managed host's clock is refused
+        before borg runs, because an archive dated in the future stops every later V(pruned) (clock guard).
     type: str
   dest:
     description:
@@ -151,6 +158,8 @@ options:
       - With V(pruned) and V(listed), consider only archives whose names match this shell glob
         (C(--glob-archives)). A value without glob characters is a prefix (V(antigone-) is V(antigone-*)).
       - Prune archives of different sources separately, each with its own prefix.
+      - Required with V(pruned), so that one job's retention never deletes another job's archives. V(*) is the
+        explicit opt-in to prune every archive of the repository under one retention.
     type: str
   max_deletions:
     description:
@@ -159,12 +168,13 @@ options:
       - Otherwise exactly the planned archives are deleted (C(borg delete) of their names, one transaction),
         so an archive that crosses the retention boundary after the plan is left for the next run, and a
         listing afterwards verifies that they are gone.
-      - The same guard, with the same default, holds the key holder's scheduled prune.
+      - The same guard, with the same default, holds the key holder's scheduled prune. The default, V(12), is
+        two days of six runs a day (more in one run is not what a normal 14-day retention deletes).
     type: int
     default: 12
   max_files:
     description:
-      - With V(listed) and O(name), return at most this many files (0 returns all).
+      - With V(listed) and O(name), return at most this many files (0 returns all). A negative number is refused.
     type: int
     default: 1000
 notes:
@@ -224,7 +234,7 @@ EXAMPLES = r"""
     strip_components: 3
     dest: /srv/restore
 
-- name: Keep 14 days of archives, deleting at most 10 in one run
+- name: Keep 14 days of this job's archives, deleting at most 10 in one run
   grus.backup.borg_archive:
     repo: ssh://borg-antigone@sarus.example.net/srv/borg/antigone
     passcommand: cat /root/.config/borg/passphrase
@@ -399,7 +409,10 @@ def main():
         supports_check_mode=True,
     )
     params = module.params
-    conn = BorgRepo.from_params(params, borg=module.get_bin_path("borg", required=True))
+    try:
+        conn = BorgRepo.from_params(params, borg=module.get_bin_path("borg", required=True))
+    except BorgError as exc:  # an empty repo, a negative lock_wait: refused before borg runs
+        module.fail_json(repo=params["repo"], **exc.as_dict())
     try:
         result = run_state(conn, params, module.check_mode, module._diff)
     except BorgError as exc:

@@ -439,7 +439,10 @@ def main():
             "repositories; do it by hand on the repository host if you really mean it",
             repo=params["repo"],
         )
-    conn = BorgRepo.from_params(params, borg=module.get_bin_path("borg", required=True))
+    try:
+        conn = BorgRepo.from_params(params, borg=module.get_bin_path("borg", required=True))
+    except BorgError as exc:  # an empty repo, a negative lock_wait: refused before borg runs
+        module.fail_json(repo=params["repo"], **exc.as_dict())
     try:
         result = ensure_repository(conn, params, module.check_mode)
     except BorgError as exc:

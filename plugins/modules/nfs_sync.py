@@ -76,7 +76,12 @@ options:
       - When O(delete) is on, a dry run checks the limit first, so that an overflow fails before anything
         is changed; the real run still carries C(--max-delete). V(0) deletes nothing and fails when any
         deletion would be needed.
+      - The default, V(1000) (the C(grus.backup.sync_client) role's default too), is far above what normal
+        churn of service volumes deletes in one run, and stops a source that lost most of its files (a
+        half-mounted disk, a wrong O(src)) from wiping the copy. There is no unlimited setting; give a higher
+        number for a planned mass deletion.
     type: int
+    default: 1000
   preserve_acls:
     description:
       - Preserve POSIX ACLs (C(--acls)). O(dest) must support them.
@@ -117,7 +122,9 @@ options:
     description:
       - rsync I/O timeout in seconds (C(--timeout)); a stalled connection fails instead of holding the
         lock forever.
+      - The default, V(300), ends a sync after five minutes without any data moving; V(0) waits forever.
     type: int
+    default: 300
   marker:
     description:
       - Write the marker C(dest/<marker_name>) on every sync that is not a check mode run. Before rsync starts
@@ -135,6 +142,8 @@ options:
   marker_name:
     description:
       - File name of the marker, in O(dest). A plain name, no slash.
+      - It must not be the name of a volume (that volume would never be synced, and the marker would overwrite
+        its copy); such a name is refused before rsync runs.
     type: str
     default: .grus-sync.json
   lock:
@@ -331,9 +340,11 @@ stderr:
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.grus.backup.plugins.module_utils._rsync import sync
 from ansible_collections.grus.backup.plugins.module_utils._rsync_options import (
+    DEFAULT_IO_TIMEOUT,
     DEFAULT_LOCK,
     DEFAULT_LOCK_TIMEOUT,
     DEFAULT_MARKER_NAME,
+    DEFAULT_MAX_DELETE,
     SyncError,
     SyncOptions,
 )
@@ -346,7 +357,7 @@ ARGUMENT_SPEC = dict(
     volumes=dict(type="list", elements="str"),
     exclude=dict(type="list", elements="str", default=[]),
     delete=dict(type="bool", default=True),
-    max_delete=dict(type="int"),
+    max_delete=dict(type="int", default=DEFAULT_MAX_DELETE),
     preserve_acls=dict(type="bool", default=True),
     preserve_xattrs=dict(type="bool", default=True),
     preserve_hardlinks=dict(type="bool", default=True),
@@ -354,7 +365,7 @@ ARGUMENT_SPEC = dict(
     bwlimit=dict(type="str"),
     checksum=dict(type="bool", default=False),
     rsh=dict(type="str"),
-    io_timeout=dict(type="int"),
+    io_timeout=dict(type="int", default=DEFAULT_IO_TIMEOUT),
     marker=dict(type="bool", default=True),
     marker_name=dict(type="str", default=DEFAULT_MARKER_NAME),
     lock=dict(type="path", default=DEFAULT_LOCK),

@@ -1,9 +1,11 @@
 """The repository host's delayed compaction refuses to run when authorized_keys was loosened.
 
-Real borg 1.4 and the real ``/bin/sh``, no mocks: the role's templates are rendered as Ansible
-renders them (``authorized_keys.j2`` and the compaction unit with Jinja, the script has only
-``{{ ansible_managed }}``), and the script runs with the exact argument list of the unit's
-``ExecStart=`` and the unit's environment (``HOME`` only). The repository is append-only and holds
+Real borg 1.4, the real ``/bin/sh`` and ``/usr/bin/python3``, no mocks: the role's templates are rendered as
+Ansible renders them (``authorized_keys.j2``, the compaction unit and its per-repository drop-in with Jinja;
+the entry point ``grus-borg-compact`` has only ``{{ ansible_managed }}``), the job's code is the collection's
+module_utils shipped as the role ships them (a ``grus_backup`` package), and the entry point runs with the
+exact argument list of the unit's ``ExecStart=`` (the repository user replaced by the test's own, which owns
+the test repository) and the unit's environment (``HOME`` only). The repository is append-only and holds
 one archive that a client deleted (only logically); rolled back as ``recover_append_only`` does,
 that state restores the archive byte-identical (proven once, on a copy). A tampered
 ``authorized_keys`` must fail the run (exit 2, so the unit fails and ``OnFailure=`` alerts) and
@@ -27,6 +29,10 @@ from helpers import snapshot
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TEMPLATES = REPO_ROOT / "roles" / "repository_host" / "templates"
+ROLE = REPO_ROOT / "roles" / "repository_host"
+MODULE_UTILS = REPO_ROOT / "plugins" / "module_utils"
+LIB_DIR = "/usr/local/lib/grus-backup"
+QUOTA = "1T"  # the role's default
 NAME = "client-a"
 ARCHIVE = "antigone-2026-01-01T00:00:00Z"
 MIB = 1024 * 1024
@@ -130,6 +136,34 @@ def assert_deleted_archive_recoverable(repo: Path, last_good_segment: int, data_
     assert hashlib.sha256(restored).hexdigest() == data_sha256
 
 
+def role_vars() -> dict:
+    """The role's defaults and vars, as Ansible gives them to its templates."""
+    import yaml
+
+    values = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
+    values.update(yaml.safe_load((ROLE / "vars" / "main.yml").read_text()))
+    return values
+
+
+def ship_job(lib: Path) -> None:
+    """The role's code.yml: the listed module_utils as the package grus_backup under lib."""
+    package = lib / "grus_backup"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    for name in role_vars()["__repository_host_module_utils"]:
+        shutil.copy(MODULE_UTILS / name, package / name)
+
+
+def forced_prefix(repo: Path, quota: str = QUOTA) -> str:
+    return f'restrict,command="borg serve --append-only --restrict-to-repository {repo} --storage-quota {quota}" '
+
+
+def current_user() -> str:
+    import pwd
+
+    return pwd.getpwuid(os.geteuid()).pw_name
+
+
 @dataclass
 class Host:
     """The repository host's layout for one repository: <base>/<name>/{repo,.ssh,.cache}."""
@@ -147,26 +181,33 @@ class Host:
             .get_template("authorized_keys.j2")
             .render(
                 ansible_managed="Ansible managed",
-                repository_host_base_dir=str(self.base),
+                **dict(role_vars(), repository_host_base_dir=str(self.base)),
                 item={"name": NAME, "client_keys": client_keys},
             )
         )
 
-    def unit_argv(self, delay_days: int = 0) -> list[str]:
-        """The ExecStart= of grus-borg-compact@<name>.service, with the script rendered here."""
-        unit = (
-            jinja()
-            .get_template("grus-borg-compact@.service.j2")
-            .render(
-                ansible_managed="Ansible managed",
-                repository_host_on_failure="",
-                repository_host_base_dir=str(self.base),
-                repository_host_compact_delay_days=delay_days,
-            )
+    def unit_argv(self, delay_days: int = 0, interval_days: int | None = None, line: str = "ExecStart=") -> list[str]:
+        """A command line (ExecStart= by default) of grus-borg-compact@<name>.service, the script rendered here."""
+        values = dict(
+            role_vars(),
+            repository_host_on_failure="",
+            repository_host_base_dir=str(self.base),
+            repository_host_compact_delay_days=delay_days,
+            repository_host_compact_interval_days=delay_days if interval_days is None else interval_days,
         )
-        (exec_start,) = [line for line in unit.splitlines() if line.startswith("ExecStart=")]
-        argv = shlex.split(exec_start.removeprefix("ExecStart=").replace("%i", NAME))
+        unit = jinja().get_template("grus-borg-compact@.service.j2").render(ansible_managed="Ansible managed", **values)
+        dropin = (
+            jinja()
+            .get_template("repository.conf.j2")
+            .render(ansible_managed="Ansible managed", item={"name": NAME, "client_keys": CLIENT_KEYS}, **values)
+        )
+        (quota,) = re.findall(r"^Environment=GRUS_STORAGE_QUOTA=(.*)$", dropin, re.MULTILINE)
+        (command,) = [x for x in unit.splitlines() if x.startswith(line)]
+        argv = shlex.split(command.removeprefix(line).replace("%i", NAME))
         assert argv[0] == "/usr/local/sbin/grus-borg-compact", argv
+        # systemd gives ${VAR} as one word; the repository user is the test's own (it owns the test repository).
+        argv = [quota if a == "${GRUS_STORAGE_QUOTA}" else a for a in argv]
+        argv = [current_user() if a == f"borg-{NAME}" else a for a in argv]
         return [str(self.script), *argv[1:]]
 
     def run(self, argv: list[str]) -> subprocess.CompletedProcess:
@@ -190,8 +231,11 @@ def host(tmp_path, pristine) -> Host:
     # The script is plain sh: {{ ansible_managed }} is its only Jinja, so a substitution renders it.
     assert re.findall(r"\{[{%#]", template) == ["{{"], "grus-borg-compact.j2 gained Jinja: render it properly"
     assert template.count("{{ ansible_managed }}") == 1
+    assert template.count(LIB_DIR) == 2, "the entry point names the shipped package's directory (comment, PYTHONPATH)"
+    lib = tmp_path / "lib"
+    ship_job(lib)
     script = tmp_path / "grus-borg-compact"
-    script.write_text(template.replace("{{ ansible_managed }}", "Ansible managed"))
+    script.write_text(template.replace("{{ ansible_managed }}", "Ansible managed").replace(LIB_DIR, str(lib)))
     script.chmod(0o755)
     h = Host(base, home, repo, home / ".ssh" / "authorized_keys", home / ".cache" / "grus-last-compact", script)
     h.keys.write_text(h.render_keys(CLIENT_KEYS))
@@ -209,7 +253,7 @@ def test_shellcheck_passes_on_the_rendered_script(host):
 
 def test_intact_keys_compact_and_reclaim_the_deleted_archive(host, pristine):
     lines = host.keys.read_text().splitlines()
-    forced = f'restrict,command="borg serve --append-only --restrict-to-repository {host.repo}" '
+    forced = forced_prefix(host.repo)
     assert [line.startswith(forced) for line in lines] == [False, False, True, True]
     before = data_bytes(host.repo)
 
@@ -245,8 +289,27 @@ def restrict_to_elsewhere(lines: list[str], host: Host) -> int:
     return FIRST_KEY_LINE + 1
 
 
+def drop_quota(lines: list[str], host: Host) -> int:
+    lines[FIRST_KEY_LINE] = lines[FIRST_KEY_LINE].replace(f" --storage-quota {QUOTA}", "")
+    return FIRST_KEY_LINE + 1
+
+
+def raise_quota(lines: list[str], host: Host) -> int:
+    lines[FIRST_KEY_LINE - 1] = lines[FIRST_KEY_LINE - 1].replace(f"--storage-quota {QUOTA}", "--storage-quota 100T")
+    return FIRST_KEY_LINE
+
+
+def allow_pty_after_command(lines: list[str], host: Host) -> int:
+    # restrict's limits can be lifted again by options after it: only from= may follow the command.
+    lines[FIRST_KEY_LINE] = lines[FIRST_KEY_LINE].replace('" ssh-ed25519', '",pty ssh-ed25519')
+    return FIRST_KEY_LINE + 1
+
+
 TAMPERINGS = {
     "append-only-dropped": drop_append_only,
+    "storage-quota-dropped": drop_quota,
+    "storage-quota-raised": raise_quota,
+    "pty-allowed-after-the-command": allow_pty_after_command,
     "restrict-dropped": drop_restrict,
     "bare-key-added": add_bare_key,
     "restrict-to-repository-elsewhere": restrict_to_elsewhere,
@@ -334,7 +397,7 @@ def test_tampered_keys_fail_even_when_no_compaction_would_run(host, situation):
 
 
 def test_comments_blank_lines_and_leading_blanks_are_ignored_like_sshd_does(host):
-    forced = f'restrict,command="borg serve --append-only --restrict-to-repository {host.repo}" '
+    forced = forced_prefix(host.repo)
     host.keys.write_text(
         "# managed\n\n   \n\t# an indented comment\n"
         f"{forced}{CLIENT_KEYS[0]}\n"
@@ -348,9 +411,30 @@ def test_comments_blank_lines_and_leading_blanks_are_ignored_like_sshd_does(host
     assert "not compacting" in proc.stdout
 
 
+def test_a_from_restriction_after_the_command_is_accepted(host):
+    """from= only narrows who may connect: the role renders it after the forced command, the guard accepts it."""
+    keys = (
+        jinja()
+        .get_template("authorized_keys.j2")
+        .render(
+            ansible_managed="Ansible managed",
+            **dict(role_vars(), repository_host_base_dir=str(host.base)),
+            item={"name": NAME, "client_keys": CLIENT_KEYS, "client_from": "192.0.2.10,2001:db8::/64"},
+        )
+    )
+    assert f'{forced_prefix(host.repo).rstrip()},from="192.0.2.10,2001:db8::/64" ssh-ed25519 ' in keys
+    host.keys.write_text(keys)
+    (host.home / "GRUS-HOLD-COMPACTION").write_text("incident\n")  # only the check, no borg
+
+    proc = host.run(host.unit_argv())
+
+    assert proc.returncode == 0, proc.stderr
+    assert "not compacting" in proc.stdout
+
+
 def test_called_the_old_way_with_three_arguments_is_an_error(host):
     before = snapshot(host.repo)
-    proc = host.run(host.unit_argv()[:-1])
+    proc = host.run(host.unit_argv()[:4])
     assert proc.returncode == 2
     assert "usage" in proc.stderr and "AUTHORIZED_KEYS" in proc.stderr
     assert snapshot(host.repo) == before

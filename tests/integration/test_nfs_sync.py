@@ -483,9 +483,16 @@ def test_over_ssh_through_an_rrsync_restricted_key(run_module, tmp_path, sshd):
         )
         assert shell.returncode != 0 and "uid=" not in shell.stdout
         escape = run_module("nfs_sync", sync_args(src, f"{sshd.user}@{sshd.host}:../outside", lock, rsh=sshd.rsh))
-        # rrsync refuses the path already for the marker written before the sync: nothing synced
-        assert escape.failed and escape.result["kind"] == "marker", escape.result
-        assert "before syncing" in escape.result["msg"] and "nothing was synced" in escape.result["msg"]
+        # rrsync refuses the path already for the max_delete guard's dry run (max_delete is on by default),
+        # the first rsync of a sync: nothing synced, no marker written
+        assert escape.failed and escape.result["kind"] == "error", escape.result
+        assert "rsync failed" in escape.result["msg"], escape.result
+        # without the guard, rrsync refuses it for the marker written before the sync
+        unguarded = run_module(
+            "nfs_sync", sync_args(src, f"{sshd.user}@{sshd.host}:../outside", lock, rsh=sshd.rsh, delete=False)
+        )
+        assert unguarded.failed and unguarded.result["kind"] == "marker", unguarded.result
+        assert "before syncing" in unguarded.result["msg"] and "nothing was synced" in unguarded.result["msg"]
         assert not (tmp_path / "outside").exists()
         assert (export / "antigone-only" / "keep").read_text() == "not for the sync client\n"
     finally:

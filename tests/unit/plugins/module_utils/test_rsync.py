@@ -12,6 +12,8 @@ import pytest
 from ansible_collections.grus.backup.plugins.module_utils import _rsync
 from ansible_collections.grus.backup.plugins.module_utils._rsync import select_volumes, sync, write_marker
 from ansible_collections.grus.backup.plugins.module_utils._rsync_options import (
+    DEFAULT_IO_TIMEOUT,
+    DEFAULT_MAX_DELETE,
     SyncError,
     SyncOptions,
     build_rsync_argv,
@@ -83,6 +85,8 @@ def test_default_argv_is_archive_with_acls_xattrs_hardlinks_numeric_ids_relative
         "--numeric-ids",
         "--relative",
         "--delete",
+        "--max-delete=1000",
+        "--timeout=300",
         "--itemize-changes",
         "--stats",
         "--no-human-readable",
@@ -209,7 +213,9 @@ def test_invalid_options_are_refused(changes, message):
 
 def test_from_dict_takes_module_names_and_refuses_unknown():
     options = SyncOptions.from_dict({"src": "/srv/v", "dest": "/mnt/d", "max_delete": None, "volumes": ["a", "a"]})
-    assert options.max_delete is None and options.delete is True
+    # None (an option not given) is the default: a wipe guard and an I/O timeout, never unlimited
+    assert options.max_delete == DEFAULT_MAX_DELETE == 1000 and options.delete is True
+    assert options.io_timeout == DEFAULT_IO_TIMEOUT == 300
     assert options.volumes == ["a"]
     with pytest.raises(SyncError, match="unknown sync option"):
         SyncOptions.from_dict({"src": "/srv/v", "dest": "/mnt/d", "passphrase": "x"})
@@ -520,7 +526,14 @@ def setup(volumes_dir, tmp_path):
     dest.mkdir()
 
     def make(**kw):
-        base = {"src": str(volumes_dir), "dest": str(dest), "lock": str(tmp_path / "lock"), "source_host": "bal"}
+        # No max_delete here: one rsync call per sync (the preflight dry run has tests of its own).
+        base = {
+            "src": str(volumes_dir),
+            "dest": str(dest),
+            "lock": str(tmp_path / "lock"),
+            "source_host": "bal",
+            "max_delete": None,
+        }
         base.update(kw)
         return SyncOptions(**base)
 
@@ -752,7 +765,11 @@ def test_cli_print_argv_equals_build_rsync_argv(tmp_path, volumes_dir, capsys):
 @pytest.mark.parametrize(("rc", "exit_code"), [(0, 0), (24, 1), (23, 2), (25, 2), (255, 2)])
 def test_cli_exit_codes(tmp_path, volumes_dir, capsys, rc, exit_code):
     config = write_config(tmp_path, volumes_dir)
-    assert _rsync.main(["--config", config, "--json"], runner=FakeRsync((rc, STATS, "err"))) == exit_code
+    # The scheduled sync has the max_delete guard by default: its dry run first, then the sync.
+    fake = FakeRsync((0, STATS, ""), (rc, STATS, "err"))
+    assert _rsync.main(["--config", config, "--json"], runner=fake) == exit_code
+    assert "--dry-run" in fake.calls[0] and "--max-delete=1000" in fake.calls[0]
+    assert "--dry-run" not in fake.calls[1] and "--timeout=300" in fake.calls[1]
     out = capsys.readouterr()
     data = json.loads(out.out)
     assert data["failed"] is (exit_code == 2)

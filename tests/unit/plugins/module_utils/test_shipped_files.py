@@ -17,19 +17,22 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[4]
 MODULE_UTILS = ROOT / "plugins" / "module_utils"
-SHIPPING_TASK = "Install the collection's module_utils as a package"
-
 JOBS = [
-    # (role tasks file, entry point the systemd unit runs)
-    (ROOT / "roles" / "key_holder" / "tasks" / "code.yml", "_backup_job"),
-    (ROOT / "roles" / "sync_client" / "tasks" / "main.yml", "_rsync"),
+    # (the role's vars file, the list variable in it, the entry point the systemd unit runs, its --help shows)
+    (ROOT / "roles" / "key_holder" / "vars" / "main.yml", "__key_holder_module_utils", "_backup_job", "--config"),
+    (ROOT / "roles" / "sync_client" / "vars" / "main.yml", "__sync_client_module_utils", "_rsync", "--config"),
+    (
+        ROOT / "roles" / "repository_host" / "vars" / "main.yml",
+        "__repository_host_module_utils",
+        "_compaction_tools",
+        "AUTHORIZED_KEYS",
+    ),
 ]
 
 
-def shipped_files(tasks_file: Path) -> list:
-    tasks = yaml.safe_load(tasks_file.read_text())
-    (task,) = [t for t in tasks if str(t.get("name", "")).startswith(SHIPPING_TASK)]
-    return list(task["loop"])
+def shipped_files(vars_file: Path, variable: str) -> list:
+    """The files the role hands to the shared role's ``code`` tasks (``roles/common/tasks/code.yml``)."""
+    return list(yaml.safe_load(vars_file.read_text())[variable])
 
 
 def relative_imports(module: str) -> set:
@@ -52,18 +55,18 @@ def import_closure(entry: str) -> set:
     return seen
 
 
-@pytest.mark.parametrize(("tasks_file", "entry"), JOBS, ids=[entry for _tasks, entry in JOBS])
-def test_the_role_ships_exactly_what_the_job_imports(tasks_file, entry):
-    shipped = {Path(name).stem for name in shipped_files(tasks_file)}
+@pytest.mark.parametrize(("vars_file", "variable", "entry", "usage"), JOBS, ids=[job[2] for job in JOBS])
+def test_the_role_ships_exactly_what_the_job_imports(vars_file, variable, entry, usage):
+    shipped = {Path(name).stem for name in shipped_files(vars_file, variable)}
     assert shipped == import_closure(entry)
 
 
-@pytest.mark.parametrize(("tasks_file", "entry"), JOBS, ids=[entry for _tasks, entry in JOBS])
-def test_the_job_runs_from_the_shipped_files_alone(tmp_path, tasks_file, entry):
+@pytest.mark.parametrize(("vars_file", "variable", "entry", "usage"), JOBS, ids=[job[2] for job in JOBS])
+def test_the_job_runs_from_the_shipped_files_alone(tmp_path, vars_file, variable, entry, usage):
     package = tmp_path / "grus_backup"
     package.mkdir()
     (package / "__init__.py").write_text("# as the role writes it\n")
-    for name in shipped_files(tasks_file):
+    for name in shipped_files(vars_file, variable):
         shutil.copy(MODULE_UTILS / name, package / name)
     # As the systemd unit runs it: the system python, only the package on the path, no collection.
     proc = subprocess.run(
@@ -76,4 +79,4 @@ def test_the_job_runs_from_the_shipped_files_alone(tmp_path, tasks_file, entry):
         timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "--config" in proc.stdout
+    assert usage in proc.stdout

@@ -351,7 +351,7 @@ def test_prune_deletes_only_what_the_plan_saw(fake, run_module):
 
     fake.prune_would_delete = ["n-1"]
     fake.do_prune = prune_then_age
-    result = run_module({"state": "pruned", "keep_daily": 2, "max_deletions": 1})
+    result = run_module({"state": "pruned", "keep_daily": 2, "max_deletions": 1, "match_archives": "n-"})
     assert result["changed"] is True and [a["name"] for a in result["pruned"]] == ["n-1"]
     assert [a["name"] for a in fake.archives] == ["n-2", "n-3"]
 
@@ -359,7 +359,7 @@ def test_prune_deletes_only_what_the_plan_saw(fake, run_module):
 def test_max_deletions_guard_deletes_nothing(fake, run_module):
     for day in range(1, 6):
         fake.add(f"n-{day}", day)
-    result = run_module({"state": "pruned", "keep_last": 1, "max_deletions": 2})
+    result = run_module({"state": "pruned", "keep_last": 1, "max_deletions": 2, "match_archives": "n-"})
     assert result["failed"] and result["cause"] == "max_deletions"
     assert "would delete 4 archives" in result["msg"]
     assert [("--dry-run" in c["argv"]) for c in fake.calls_of("prune")] == [True]
@@ -485,4 +485,53 @@ def test_state_requirements(fake, run_module):
     # Ansible's own argument checks, before the module code runs.
     assert "missing: dest" in run_module({"state": "extracted", "name": "a"}, names_repo=False)["msg"]
     assert "missing: name" in run_module({"state": "absent"}, names_repo=False)["msg"]
+    assert fake.calls == []
+
+
+# ---------------------------------------------------------------------- bad input (issue 16 item 7)
+
+
+def test_prune_without_match_archives_is_refused_and_star_is_the_opt_in(fake, run_module):
+    fake.add("antigone-1", 1)
+    fake.add("balearica-1", 2)
+    fake.add("antigone-2", 3)
+    result = run_module({"state": "pruned", "keep_last": 1})
+    assert result["failed"] and result["cause"] == "invalid_input"
+    assert "state=pruned needs match_archives" in result["msg"] and "every prefix" in result["msg"]
+    assert fake.calls == [] and len(fake.archives) == 3
+    everything = run_module({"state": "pruned", "keep_last": 1, "match_archives": "*"}, check=True)
+    assert not everything["failed"] and everything["changed"]
+    assert all("--glob-archives" in c["argv"] and "*" in c["argv"] for c in fake.calls_of("prune"))
+    assert len(fake.archives) == 3  # check mode
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        ({"name": "", "paths": ["/"]}, "name is empty"),
+        ({"name": "", "state": "absent"}, "name is empty"),
+        ({"name": " ", "state": "extracted", "dest": "/tmp/x"}, "name is empty"),
+        ({"name": "", "state": "listed"}, "leave name out to list the archives"),
+        ({"name": "a", "paths": ["/"], "timestamp": "2099-01-01T00:00:00"}, "lies in the future"),
+        ({"name": "a", "paths": ["/"], "compression": "zstd,30"}, "invalid compression 'zstd,30'"),
+        ({"name": "a", "paths": ["/"], "compression": "gzip"}, "unknown algorithm 'gzip'"),
+        ({"name": "a", "paths": ["/"], "files_cache": "ctime,inode"}, "invalid files_cache 'ctime,inode'"),
+        ({"name": "a", "state": "listed", "max_files": -1}, "max_files=-1 is negative"),
+        ({"name": "a", "paths": ["/"], "lock_wait": -1}, "lock_wait=-1 is negative"),
+        ({"state": "listed", "lock_wait": -10}, "lock_wait=-10 is negative"),
+        ({"state": "pruned", "keep_within": "0d", "match_archives": "a-"}, "zero interval"),
+    ],
+)
+def test_bad_input_is_refused_before_borg_runs(fake, run_module, args, fragment):
+    result = run_module(args)
+    assert result["failed"] and result["cause"] == "invalid_input", result
+    assert fragment in result["msg"]
+    assert fake.calls == []
+
+
+def test_an_empty_repo_is_refused_before_borg_runs(fake, call_module, monkeypatch):
+    monkeypatch.setenv("BORG_REPO", "/srv/borg/someone-elses")
+    result = call_module(borg_archive.main, {"repo": "", "passphrase": SECRET, "state": "listed"}, secret=SECRET)
+    assert result["failed"] and result["cause"] == "invalid_input"
+    assert "repo is empty" in result["msg"] and "someone-elses" not in result["msg"]
     assert fake.calls == []

@@ -308,3 +308,13 @@ def test_bad_quota_fails_before_borg(fake, run_module, quota, message):
     result = run_module(args(storage_quota=quota))
     assert result["failed"] and message in result["msg"]
     assert fake.calls == []
+
+
+def test_an_empty_repo_or_negative_lock_wait_is_refused_before_borg_runs(call_module, monkeypatch):
+    calls = []
+    monkeypatch.setattr(_borg_repo, "run", lambda argv, **kw: calls.append(argv))
+    monkeypatch.setenv("BORG_REPO", "/srv/borg/someone-elses")
+    for args, fragment in (({"repo": ""}, "repo is empty"), ({"repo": "/srv/r", "lock_wait": -1}, "lock_wait=-1")):
+        result = call_module(borg_repo.main, dict(args, passcommand="cat /p"))
+        assert result["failed"] and result["cause"] == "invalid_input" and fragment in result["msg"]
+    assert calls == []

@@ -1,0 +1,202 @@
+# Copyright: (c) 2026, grus.backup developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The repository host's entry point (``python3 -m grus_backup._compaction_tools``, as ``grus-borg-compact``):
+the scheduled compaction (``_compaction_job``) and its on-demand modes, for the unit's hooks and
+recover_append_only.
+
+layer 3: may import _segments, _compaction_job
+
+* ``--restore-flag REPO``: append_only = 1 again (ExecStartPre=, ExecStopPost=, the role at deploy);
+  a compaction still running (its intent file names a live process) is left alone.
+* ``--audit-json REPO``: every transaction of the repository and of each snapshot, classified, with one
+  ordinal each (a number alone repeats after a rollback), the suspicious ones and the proposed last good one.
+* ``--rollback REPO (--to-ordinal K | --to-transaction N[:FIRST-LAST])``: back to that transaction, from the
+  repository's own segments or, for one older than the last compaction, from the snapshot that holds it.
+  The current state is snapshotted first (the rollback can be undone); the change itself runs as the
+  repository's user under borg's own repository lock; ``borg check --repository-only`` ends it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from . import _compaction_job as job
+from . import _segments
+
+MODES = ("--restore-flag", "--audit-json", "--rollback", "--rollback-apply")
+
+
+def candidates(repo: str, state_dir: str, thresholds: _segments.Thresholds) -> list[dict]:
+    """The transactions one can roll back to, each once (by the inode of its commit segment).
+
+    A source (the repository, a snapshot) holds a transaction whole only if no compaction ran on it after
+    that transaction: older ones come from the snapshot taken just before the compaction that followed them.
+    """
+    times = job.compaction_times(state_dir)
+    sources = [("repository", repo, times[-1] if times else 0, None)]
+    for path, info in job.list_snapshots(state_dir):
+        sources.append((os.path.basename(path), path, float(info.get("previous_compaction", 0)), info))
+    found, seen = [], set()
+    for name, path, since, info in sources:
+        inodes = {n: os.stat(p).st_ino for n, p in _segments.segment_files(path)}
+        for txn in _segments.read_transactions(path, thresholds):
+            if txn.time <= since or inodes.get(txn.number) in seen:
+                continue
+            seen.add(inodes.get(txn.number))
+            found.append(dict(txn.as_dict(), source=name, source_path=path, snapshot=info))
+    found.sort(key=lambda t: (t["time"], t["source"] != "repository", t["number"]))
+    for ordinal, txn in enumerate(found, start=1):
+        txn["ordinal"] = ordinal
+        txn["time_utc"] = job.utc(txn["time"])
+    return found
+
+
+def proposed_last_good(found: list[dict]) -> dict | None:
+    """The transaction just before the first suspicious one; the newest when none is suspicious."""
+    for index, txn in enumerate(found):
+        if txn["suspicious"]:
+            return found[index - 1] if index else None
+    return found[-1] if found else None
+
+
+def audit_json(args) -> int:
+    thresholds = _segments.Thresholds(args.max_deleted_share, args.min_deleted_objects)
+    found = candidates(args.repo, args.state_dir, thresholds)
+    hold = job.hold_path(args.repo)
+    report = {
+        "repository": args.repo,
+        "transactions": found,
+        "suspicious": [t["ordinal"] for t in found if t["suspicious"]],
+        "proposed": proposed_last_good(found),
+        "snapshots": [dict(info, path=path) for path, info in job.list_snapshots(args.state_dir)],
+        "transactions_log": _segments.read_transactions_log(args.repo),
+        "hold": job.read_hold(hold) if os.path.exists(hold) else None,
+        "thresholds": {"max_deleted_share": thresholds.max_share, "min_deleted_objects": thresholds.min_objects},
+    }
+    sys.stdout.write(json.dumps(report, indent=1) + "\n")
+    return 0
+
+
+def choose(found: list[dict], ordinal: int | None, spec: str | None) -> dict:
+    if ordinal is not None:
+        matches = [t for t in found if t["ordinal"] == ordinal]
+    else:
+        number, _sep, segments = spec.partition(":")
+        matches = [t for t in found if str(t["number"]) == number and (not segments or t["label"] == spec)]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise job.JobError(
+            f"no transaction {ordinal if ordinal is not None else spec} in the repository or any snapshot: "
+            "older than the last compaction and no snapshot covers it (or not a transaction): nothing was changed"
+        )
+    listed = ", ".join(f"ordinal {t['ordinal']} = {t['label']} ({t['source']}, {t['time_utc']})" for t in matches)
+    raise job.JobError(f"transaction {spec} is ambiguous ({listed}): name it by ordinal; nothing was changed")
+
+
+def rollback(args) -> int:
+    thresholds = _segments.Thresholds(args.max_deleted_share, args.min_deleted_objects)
+    found = candidates(args.repo, args.state_dir, thresholds)
+    target = choose(found, args.to_ordinal, args.to_transaction)
+    source = target["source_path"]
+    keep = {n: os.path.relpath(p, source) for n, p in _segments.segment_files(source) if n <= target["number"]}
+    before = job.take_snapshot(args.repo, args.state_dir, "before-rollback", args.run_as)
+    job.say(f"the state before the rollback is kept as snapshot {os.path.basename(before)}")
+    plan = os.path.join(args.state_dir, "rollback-plan.json")
+    with open(plan, "w", encoding="utf-8") as fd:
+        json.dump({"repo": args.repo, "source": source, "keep": keep}, fd)
+    if args.run_as:
+        os.chmod(plan, 0o644)
+    borg = job.Borg(args.run_as)
+    module = __spec__.parent + "._compaction_tools" if __spec__ and __spec__.parent else "grus_backup._compaction_tools"
+    applied = borg.run(sys.executable, "-m", module, "--rollback-apply", plan, timeout=job.LOCK_WAIT + 600)
+    os.unlink(plan)
+    sys.stdout.write(applied.stdout)
+    if not applied.ok:
+        raise job.JobError(f"the rollback failed (rc {applied.rc}): {applied.stderr.strip()[-800:]}")
+    checked = borg.borg("check", "--repository-only", args.repo, timeout=24 * 3600)
+    if not checked.ok:
+        raise job.JobError(f"borg check --repository-only {args.repo} failed after the rollback: {checked.stderr}")
+    job.say(
+        f"rolled back {args.repo} to transaction {target['label']} (ordinal {target['ordinal']}, "
+        f"{target['time_utc']}, from {target['source']}); borg check --repository-only passed"
+    )
+    return 0
+
+
+def rollback_apply(plan_path: str) -> int:
+    """As the repository's user, under borg's own lock: exactly the planned segments remain, no index."""
+    with open(plan_path, encoding="utf-8") as fd:
+        plan = json.load(fd)
+    repo, source, keep = plan["repo"], plan["source"], {int(k): v for k, v in plan["keep"].items()}
+    # borg's own lock (imported here: borg is on the repository host only): the one borg serve and compact take
+    from borg.locking import Lock  # noqa: PLC0415 - borg is on the repository host only
+
+    with Lock(os.path.join(repo, "lock"), exclusive=True, timeout=job.LOCK_WAIT):
+        removed = 0
+        for number, path in _segments.segment_files(repo):
+            if number not in keep or os.stat(path).st_ino != os.stat(os.path.join(source, keep[number])).st_ino:
+                os.unlink(path)
+                removed += 1
+        linked = 0
+        for _number, relpath in keep.items():
+            target = os.path.join(repo, relpath)
+            if not os.path.exists(target):
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                os.link(os.path.join(source, relpath), target + ".grus-tmp")
+                os.replace(target + ".grus-tmp", target)
+                linked += 1
+        for name in os.listdir(repo):
+            if job.INDEX_FILES.match(name):
+                os.unlink(os.path.join(repo, name))
+    job.say(f"removed {removed} segment(s), restored {linked} from {source}; index, hints, integrity removed")
+    return 0
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=job.PROG)
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--restore-flag", metavar="REPO")
+    mode.add_argument("--audit-json", metavar="REPO")
+    mode.add_argument("--rollback", metavar="REPO")
+    mode.add_argument("--rollback-apply", metavar="PLAN")
+    target = parser.add_mutually_exclusive_group()
+    target.add_argument("--to-ordinal", type=int)
+    target.add_argument("--to-transaction")
+    parser.add_argument("--run-as", default=None)
+    parser.add_argument("--state-dir", default=None)
+    parser.add_argument("--max-deleted-share", type=float, default=0.2)
+    parser.add_argument("--min-deleted-objects", type=int, default=100)
+    args = parser.parse_args(argv)
+    args.repo = os.path.abspath(args.restore_flag or args.audit_json or args.rollback or ".")
+    args.state_dir = args.state_dir or os.path.join(os.path.dirname(args.repo), "compaction")
+    if args.rollback and args.to_ordinal is None and not args.to_transaction:
+        parser.error("--rollback needs --to-ordinal or --to-transaction")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in MODES:
+        return job.main(argv)
+    args = parse(argv)
+    try:
+        if args.rollback_apply:
+            return rollback_apply(args.rollback_apply)
+        if args.audit_json:
+            return audit_json(args)
+        if args.rollback:
+            return rollback(args)
+        os.makedirs(args.state_dir, mode=0o750, exist_ok=True)
+        job.restore_flag(args.repo, args.state_dir, job.Borg(args.run_as), own_run=False)
+    except job.JobError as exc:
+        job.warn(str(exc))
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
