@@ -521,6 +521,8 @@ def main(argv=None, runner=None) -> int:
     if not args.release_hold:
         pinger.start()
     rc, warnings, config, report = _run(args, runner)
+    if config is not None:
+        metrics.repository = config.repo
     if not args.release_hold:
         if task == "backup" and config is not None and report is not None:
             record_backup(metrics, config, report)

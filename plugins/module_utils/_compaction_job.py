@@ -19,7 +19,12 @@ Compaction is what makes a client's deletes permanent, so one run does, in this 
 The other modes (``--restore-flag``, ``--audit-json``, ``--rollback``) live in ``_compaction_tools``, the
 entry point the unit and ``grus-borg-compact`` run. Exit 0 ok (or nothing due), 2 error or hold by the audit.
 
-layer 2: may import _runner, _segments
+With ``--metrics-dir`` every run writes its metrics (``_metrics``, task ``compaction``, one file per
+repository): the repository's bytes on disk, free space, last write, transactions and deleted objects
+since the last compaction, the compaction hold, the audit's verdict and the authorized_keys guard's; with
+``GRUS_BACKUP_PING_URL`` in the environment it pings a dead man's switch (``_ping``). Neither can fail it.
+
+layer 2: may import _runner, _metrics, _ping, _segments
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ import shutil
 import sys
 import time
 
-from . import _segments
+from . import _metrics, _ping, _segments
 from ._runner import run
 
 PROG = "grus-borg-compact"
@@ -301,9 +306,11 @@ def write_watermark(repo: str, state_dir: str, number: int) -> None:
                 json.dump({"segment": number, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}, fd)
 
 
-def audit(repo: str, state_dir: str, thresholds: _segments.Thresholds) -> list:
+def audit(repo: str, state_dir: str, thresholds: _segments.Thresholds, observed: dict | None = None) -> list:
     """Classify every transaction since the last audited one; hold compaction on a suspicious one."""
     transactions = _segments.read_transactions(repo, thresholds)
+    if observed is not None:
+        observed["transactions"] = transactions
     mark = read_watermark(repo, state_dir)
     new = [t for t in transactions if t.number > mark]
     suspicious = [t for t in new if t.suspicious]
@@ -432,11 +439,13 @@ def expire_snapshots(state_dir: str, delay_days: float) -> None:
 # ---- the scheduled run ------------------------------------------------------------------------------
 
 
-def scheduled_run(args) -> int:
+def scheduled_run(args, observed: dict | None = None) -> int:
+    observed = {} if observed is None else observed
     repo = os.path.abspath(args.repo)
     check_keys(args.authorized_keys, forced_command(args.repo, args.storage_quota))
+    observed["keys_ok"] = True
     borg = Borg(args.run_as)
-    state_dir = args.state_dir or os.path.join(os.path.dirname(repo), "compaction")
+    state_dir = observed["state_dir"] = args.state_dir or os.path.join(os.path.dirname(repo), "compaction")
     os.makedirs(state_dir, mode=0o750, exist_ok=True)
     if not os.path.exists(os.path.join(repo, "config")):
         say(f"{repo} has no repository yet (the key holder creates it): nothing to audit or compact")
@@ -450,7 +459,7 @@ def scheduled_run(args) -> int:
         say(f"{hold} exists (an incident is being handled): not compacting")
         return 0
     thresholds = _segments.Thresholds(args.max_deleted_share, args.min_deleted_objects)
-    audit(repo, state_dir, thresholds)
+    audit(repo, state_dir, thresholds, observed)
     if not due(args.stamp, args.interval_days):
         say(f"last compaction less than {args.interval_days:g} day(s) ago: not due")
         return 0
@@ -460,7 +469,7 @@ def scheduled_run(args) -> int:
     start = time.time()
     record_compaction(state_dir, start)
     compact(repo, state_dir, borg)
-    transactions = _segments.read_transactions(repo)
+    transactions = observed["transactions"] = _segments.read_transactions(repo)
     if transactions:
         write_watermark(repo, state_dir, transactions[-1].number)
     with open(args.stamp, "w", encoding="utf-8") as fd:
@@ -482,14 +491,65 @@ def parse_scheduled(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--state-dir", default=None, help="snapshots, audit mark, flag intent")
     parser.add_argument("--max-deleted-share", type=float, default=0.2)
     parser.add_argument("--min-deleted-objects", type=int, default=100)
+    parser.add_argument(
+        "--metrics-dir", default=None, help="write Prometheus metrics here (node_exporter's textfile dir)"
+    )
     return parser.parse_args(argv)
+
+
+def repository_bytes(repo: str) -> tuple:
+    """(bytes on disk, time of the last write) of the repository's files."""
+    size, last = 0, 0.0
+    for top, _dirs, files in os.walk(repo):
+        for name in files:
+            try:
+                stat = os.lstat(os.path.join(top, name))
+            except OSError:
+                continue
+            size += stat.st_blocks * 512
+            last = max(last, stat.st_mtime)
+    return size, last
+
+
+def record(metrics: _metrics.JobMetrics, args, observed: dict) -> None:
+    """The repository host's samples; best effort (a repository not there yet has only the guard's)."""
+    repo = os.path.abspath(args.repo)
+    where = {"repository": repo}
+    metrics.set("grus_backup_authorized_keys_ok", 1 if observed.get("keys_ok") else 0)
+    if not os.path.exists(os.path.join(repo, "config")):
+        return
+    size, last = repository_bytes(repo)
+    vfs = os.statvfs(repo)
+    metrics.set("grus_backup_repository_size_bytes", size, **where)
+    metrics.set("grus_backup_repository_free_bytes", vfs.f_bavail * vfs.f_frsize, **where)
+    metrics.set("grus_backup_repository_last_write_timestamp_seconds", last or None, **where)
+    hold = hold_path(repo)
+    held = os.path.exists(hold)
+    metrics.set("grus_backup_compaction_held", 1 if held else 0, **where)
+    metrics.set(
+        "grus_backup_repository_mass_deletion", int(held and read_hold(hold).get("held-by") == AUDIT_OWNER), **where
+    )
+    transactions = observed.get("transactions")
+    if transactions is not None:
+        times = compaction_times(observed.get("state_dir") or os.path.join(os.path.dirname(repo), "compaction"))
+        since = [t for t in transactions if t.time > (times[-1] if times else 0)]
+        metrics.set("grus_backup_repository_transactions_since_compaction", len(since), **where)
+        deleted = sum(t.objects_deleted for t in since)
+        metrics.set("grus_backup_repository_deleted_objects_since_compaction", deleted, **where)
 
 
 def main(argv: list[str] | None = None) -> int:
     """The scheduled run (``_compaction_tools`` is the entry point: it hands every other argv here)."""
     args = parse_scheduled(list(sys.argv[1:] if argv is None else argv))
+    repo = os.path.abspath(args.repo)
+    metrics = _metrics.JobMetrics(
+        "compaction", args.metrics_dir, repository=repo, instance=os.path.basename(repo.rstrip("/"))
+    )
+    pinger = _ping.Pinger.from_env()
+    pinger.start()
+    observed: dict = {}
     try:
-        return scheduled_run(args)
+        rc = scheduled_run(args, observed)
     except JobError as exc:
         warn(str(exc))
         advice = f"Investigate who changed {args.authorized_keys}, then re-run site.yml to rewrite it."
@@ -497,7 +557,16 @@ def main(argv: list[str] | None = None) -> int:
             f"nothing was compacted in {args.repo}, so deleted archives stay recoverable "
             f"(playbooks/recover_append_only.yml).{' ' + advice if isinstance(exc, KeysError) else ''}"
         )
-        return 2
+        rc = 2
+    if metrics.directory:
+        try:
+            record(metrics, args, observed)
+        except OSError as exc:
+            warn(f"WARNING: some repository metrics could not be measured: {exc}")
+    pinger.finish(rc)
+    for warning in metrics.finish(rc) + pinger.warnings:
+        warn(f"WARNING: {warning}")
+    return rc
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ import time
 
 DEFAULT_TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"
 
-JOB = ("task",)
+JOB = ("task", "repository")  # repository "" (no label) for the sync
 ARCHIVE = ("repository", "prefix")
 VOLUME = ("client", "volume")
 
@@ -93,34 +93,33 @@ METRICS = {
 }
 
 _SUCCESS_RE = re.compile(
-    r'^grus_backup_job_last_success_timestamp_seconds\{task="(?P<task>[a-z_]+)"\} (?P<value>[0-9.e+]+)$',
-    re.MULTILINE,
+    r"^grus_backup_job_last_success_timestamp_seconds\{[^}]*\} (?P<value>[0-9.e+]+)$", re.MULTILINE
 )
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9_.@-]")
 
 
-def file_name(task: str) -> str:
-    return f"grus_backup_{task}.prom"
+def file_name(task: str, instance: str = "") -> str:
+    """``grus_backup_<task>[_<instance>].prom`` (one file per job, per repository for the compaction)."""
+    return f"grus_backup_{task}{'_' + _SAFE_NAME.sub('_', instance) if instance else ''}.prom"
 
 
-def previous_success(path: str, task: str) -> float | None:
-    """The last success time in the job's previous file, or None."""
+def previous_success(path: str) -> float | None:
+    """The last success time in the job's previous file (one job per file), or None."""
     try:
         with open(path, encoding="utf-8") as handle:
-            text = handle.read()
+            match = _SUCCESS_RE.search(handle.read())
     except OSError:
         return None
-    for match in _SUCCESS_RE.finditer(text):
-        if match.group("task") == task:
-            return float(match.group("value"))
-    return None
+    return float(match.group("value")) if match else None
 
 
 class JobMetrics:
     """The samples of one run of one job; ``finish`` writes them. ``directory`` None: off."""
 
-    def __init__(self, task: str, directory: str | None, clock=time.time):
+    def __init__(self, task: str, directory: str | None, clock=time.time, repository: str = "", instance: str = ""):
         self.task = task
+        self.repository = repository
+        self.instance = instance
         self.directory = directory
         self.clock = clock
         self.started = clock()
@@ -138,20 +137,20 @@ class JobMetrics:
 
     @property
     def path(self) -> str | None:
-        return os.path.join(self.directory, file_name(self.task)) if self.directory else None
+        return os.path.join(self.directory, file_name(self.task, self.instance)) if self.directory else None
 
     def finish(self, exit_status: int, warnings: int = 0) -> list:
         """Add the job's own samples and write the file. Returns warnings (never raises)."""
         if not self.directory:
             return []
         ended = self.clock()
-        job = {"task": self.task}
+        job = {"task": self.task, "repository": self.repository}
         self.set("grus_backup_job_last_start_timestamp_seconds", self.started, **job)
         self.set("grus_backup_job_last_end_timestamp_seconds", ended, **job)
         self.set("grus_backup_job_duration_seconds", max(0.0, ended - self.started), **job)
         self.set("grus_backup_job_exit_status", exit_status, **job)
         self.set("grus_backup_job_warnings", warnings, **job)
-        success = ended if exit_status in (0, 1) else previous_success(self.path, self.task)
+        success = ended if exit_status in (0, 1) else previous_success(self.path)
         self.set("grus_backup_job_last_success_timestamp_seconds", success, **job)
         return write(self.path, self.samples)
 

@@ -38,6 +38,12 @@ def samples(path: Path) -> dict:
     return found
 
 
+def job(got: dict, name: str, task: str) -> float:
+    """The job sample ``name`` of ``task`` (whatever its repository label)."""
+    (value,) = [v for k, v in got.items() if k.startswith(name + "{") and f'task="{task}"' in k]
+    return value
+
+
 def promtool_ok(path: Path) -> None:
     proc = subprocess.run(
         [PROMTOOL, "check", "metrics"], input=path.read_text(), capture_output=True, text=True, check=False
@@ -125,8 +131,8 @@ def test_backup_check_and_verify_write_true_metrics_promtool_accepts(setup):
     promtool_ok(path)
     got = samples(path)
     where = f'prefix="grus-",repository="{setup["repo"]}"'
-    assert got['grus_backup_job_exit_status{task="backup"}'] == 1
-    assert got['grus_backup_job_warnings{task="backup"}'] == 1
+    assert job(got, "grus_backup_job_exit_status", "backup") == 1
+    assert job(got, "grus_backup_job_warnings", "backup") == 1
     assert got[f"grus_backup_archive_files{{{where}}}"] == 2
     assert 4005 <= got[f"grus_backup_archive_original_bytes{{{where}}}"] < 8000  # files plus directory entries
     assert got[f"grus_backup_archives{{{where}}}"] == 1
@@ -135,7 +141,7 @@ def test_backup_check_and_verify_write_true_metrics_promtool_accepts(setup):
     assert got['grus_backup_volume_bytes{client="balearica",volume="app"}'] == 4000
     assert got['grus_backup_volume_files{client="antigone",volume="data"}'] == 1
     assert got['grus_backup_sync_marker_state{client="balearica",state="unreadable"}'] == 1
-    first_success = got['grus_backup_job_last_success_timestamp_seconds{task="backup"}']
+    first_success = job(got, "grus_backup_job_last_success_timestamp_seconds", "backup")
     assert abs(first_success - time.time()) < 60
     assert "grus-2020" not in path.read_text()  # no archive name as a label
 
@@ -152,21 +158,21 @@ def test_backup_check_and_verify_write_true_metrics_promtool_accepts(setup):
         assert proc.returncode == 0, proc.stderr
         task_file = setup["metrics"] / f"grus_backup_{task}.prom"
         promtool_ok(task_file)
-        assert samples(task_file)[f'grus_backup_job_exit_status{{task="{task}"}}'] == 0
+        assert job(samples(task_file), "grus_backup_job_exit_status", task) == 0
 
     # The repository goes away: the run fails (2), the last success time stays.
-    before = samples(path)['grus_backup_job_last_success_timestamp_seconds{task="backup"}']
+    before = job(samples(path), "grus_backup_job_last_success_timestamp_seconds", "backup")
     setup["repo"].rename(setup["tmp"] / "repo-gone")
     proc = setup["backup"]()
     assert proc.returncode == 2
     promtool_ok(path)
     got = samples(path)
-    assert got['grus_backup_job_exit_status{task="backup"}'] == 2
-    assert got['grus_backup_job_last_success_timestamp_seconds{task="backup"}'] == before
-    assert got['grus_backup_job_last_end_timestamp_seconds{task="backup"}'] > before
+    assert job(got, "grus_backup_job_exit_status", "backup") == 2
+    assert job(got, "grus_backup_job_last_success_timestamp_seconds", "backup") == before
+    assert job(got, "grus_backup_job_last_end_timestamp_seconds", "backup") > before
     check = setup["backup"]("--check")
     assert check.returncode == 2
-    assert samples(setup["metrics"] / "grus_backup_check.prom")['grus_backup_job_exit_status{task="check"}'] == 2
+    assert job(samples(setup["metrics"] / "grus_backup_check.prom"), "grus_backup_job_exit_status", "check") == 2
     assert PASSPHRASE not in "".join(p.read_text() for p in setup["metrics"].iterdir())
 
 
@@ -190,7 +196,7 @@ def test_sync_and_failed_unit_metrics(setup):
     assert got['grus_backup_sync_files_transferred{client="balearica"}'] == 2
     assert got['grus_backup_sync_deleted_files{client="balearica"}'] == 1
     assert got['grus_backup_sync_volumes{client="balearica"}'] == 2
-    assert got['grus_backup_job_exit_status{task="sync"}'] == 0
+    assert job(got, "grus_backup_job_exit_status", "sync") == 0
 
     # The alert unit's record of a failed unit.
     proc = setup["run"]("_metrics", "--unit-failed", "grus-nfs-sync.service")
@@ -217,4 +223,51 @@ def test_pings_start_success_fail_and_a_dead_server_never_fails_the_job(setup, p
     assert proc.returncode == 0, proc.stderr
     assert time.monotonic() - started < 30
     assert "ping failed" in proc.stderr and "/never" not in proc.stderr + proc.stdout
-    assert samples(setup["metrics"] / "grus_backup_check.prom")['grus_backup_job_exit_status{task="check"}'] == 0
+    assert job(samples(setup["metrics"] / "grus_backup_check.prom"), "grus_backup_job_exit_status", "check") == 0
+
+
+def test_repository_host_metrics_tell_a_good_run_a_mass_deletion_and_tampered_keys(tmp_path, sshd):
+    """The compaction job's metrics (no key): sizes and guards after a normal run, the audit's hold after a
+    mass ``borg delete`` from the key holder's key, and authorized_keys tampered with."""
+    from test_compaction import Client, make_host, run_job, simulate
+
+    host = make_host(tmp_path)
+    client = Client(tmp_path, sshd, host)
+    metrics = tmp_path / "textfile"
+    metrics.mkdir()
+    try:
+        client.borg("init", "--encryption", "none", client.url)
+        simulate(client, tmp_path / "src", days=2, per_day=3)
+        extra = ("--metrics-dir", str(metrics), "--min-deleted-objects", "5")
+        normal = run_job(host, *extra)
+        assert normal.returncode == 0, normal.stderr
+        (path,) = metrics.glob("grus_backup_compaction_*.prom")
+        promtool_ok(path)
+        got = samples(path)
+        where = f'{{repository="{host.repo}"}}'
+        assert got["grus_backup_authorized_keys_ok"] == 1
+        assert got[f"grus_backup_compaction_held{where}"] == 0
+        assert got[f"grus_backup_repository_mass_deletion{where}"] == 0
+        assert got[f"grus_backup_repository_size_bytes{where}"] > 0
+        assert got[f"grus_backup_repository_free_bytes{where}"] > 0
+        assert abs(got[f"grus_backup_repository_last_write_timestamp_seconds{where}"] - time.time()) < 600
+        assert job(got, "grus_backup_job_exit_status", "compaction") == 0
+
+        client.borg("delete", "--glob-archives", "*", client.url)  # the stolen key
+        held = run_job(host, *extra)
+        assert held.returncode == 2
+        got = samples(path)
+        assert got[f"grus_backup_repository_mass_deletion{where}"] == 1
+        assert got[f"grus_backup_compaction_held{where}"] == 1
+        assert got[f"grus_backup_repository_deleted_objects_since_compaction{where}"] >= 5
+        assert job(got, "grus_backup_job_exit_status", "compaction") == 2
+
+        host.keys.write_text(
+            host.keys.read_text() + "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIIntruderKeyNotReal intruder\n"
+        )
+        tampered = run_job(host, *extra)
+        assert tampered.returncode == 2
+        promtool_ok(path)
+        assert samples(path)["grus_backup_authorized_keys_ok"] == 0
+    finally:
+        sshd.authorize("")

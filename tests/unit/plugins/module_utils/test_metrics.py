@@ -32,9 +32,9 @@ def test_a_failed_run_keeps_the_last_success(tmp_path):
     second = _metrics.JobMetrics("backup", str(tmp_path), clock=clock)
     assert second.finish(2) == []
     text = (tmp_path / "grus_backup_backup.prom").read_text()
-    assert 'grus_backup_job_last_success_timestamp_seconds{task="backup"} 110.0' in text
-    assert 'grus_backup_job_exit_status{task="backup"} 2.0' in text
-    assert 'grus_backup_job_duration_seconds{task="backup"} 5.0' in text
+    assert 'grus_backup_job_last_success_timestamp_seconds{repository="",task="backup"} 110.0' in text
+    assert 'grus_backup_job_exit_status{repository="",task="backup"} 2.0' in text
+    assert 'grus_backup_job_duration_seconds{repository="",task="backup"} 5.0' in text
     assert [p.name for p in tmp_path.iterdir()] == ["grus_backup_backup.prom"]  # no temporary file left
 
 
