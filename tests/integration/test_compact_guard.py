@@ -192,9 +192,11 @@ class Host:
             role_vars(),
             repository_host_on_failure="",
             repository_host_base_dir=str(self.base),
+            repository_host_textfile_dir=str(self.base / "textfile"),
             repository_host_compact_delay_days=delay_days,
             repository_host_compact_interval_days=delay_days if interval_days is None else interval_days,
         )
+        (self.base / "textfile").mkdir(parents=True, exist_ok=True)
         unit = jinja().get_template("grus-borg-compact@.service.j2").render(ansible_managed="Ansible managed", **values)
         dropin = (
             jinja()
