@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import http.server
 import json
 import math
 import os
@@ -450,6 +451,12 @@ TARGETS = [
     Target("job_first", "backup job, first run: ratio <= 1.05", "ratio", 1.05),
     Target("job_unchanged", "backup job, unchanged re-run: within 0.5 s of borg", "diff", 0.5),
     Target(
+        "job_metrics_first", "backup job with metrics and pings vs without, first run: ratio <= 1.03", "ratio", 1.03
+    ),
+    Target(
+        "job_metrics_unchanged", "backup job with metrics and pings vs without, unchanged: within 0.2 s", "diff", 0.2
+    ),
+    Target(
         "job_after_resync",
         "backup job after a sync that rewrote files (same content and mtime): <= 1.2x borg's unchanged re-run",
         "ratio",
@@ -627,6 +634,7 @@ class Job:
         self.files_cache = None
         self.files_cache_source = None
         self.last_start = 0.0
+        self.ping_server = None
         if "job" in bench.args.skip:
             self.reason = "left out (--skip job)"
         elif bench.jobs is None or not bench.jobs.has("_backup_job"):
@@ -693,12 +701,37 @@ class Job:
     def prepare(self, repo: Path, src: Path):
         self.config(repo, src)
 
-    def run(self, repo: Path, src: Path) -> Sample:
+    def ping_url(self) -> str:
+        """A dead man's switch stand-in on 127.0.0.1 (answers 200 to every ping), started once."""
+        if self.ping_server is None:
+
+            class Handler(http.server.BaseHTTPRequestHandler):
+                def do_POST(self):
+                    self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                    self.send_response(200)
+                    self.end_headers()
+
+                def log_message(self, *_args):
+                    pass
+
+            self.ping_server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+            threading.Thread(target=self.ping_server.serve_forever, daemon=True).start()
+        return f"http://127.0.0.1:{self.ping_server.server_address[1]}/ping/bench"
+
+    def run(self, repo: Path, src: Path, monitored: bool = False) -> Sample:
+        """One run; ``monitored``: with ``--metrics-dir`` and a ping URL, as the deployed unit runs it."""
         config = repo.parent / f"{repo.name}.json"
         # Archive names carry the second of the run's start: never start two in the same second.
         time.sleep(max(0.0, self.last_start + 1.05 - time.time()))
         self.last_start = time.time()
-        return measure(self.bench.jobs.argv("_backup_job", "--config", config), env=self.bench.jobs.env, ok_rcs=(0, 1))
+        argv = self.bench.jobs.argv("_backup_job", "--config", config)
+        env = self.bench.jobs.env
+        if monitored:
+            metrics = repo.parent / "textfile"
+            metrics.mkdir(exist_ok=True)
+            argv += ["--metrics-dir", str(metrics)]
+            env = dict(env, GRUS_BACKUP_PING_URL=self.ping_url())
+        return measure(argv, env=env, ok_rcs=(0, 1))
 
 
 def job_and_files_cache_step(
@@ -718,19 +751,26 @@ def job_and_files_cache_step(
         bench.borg_init(base / f"fc-{label}")
         bench.borg_create(base / f"fc-{label}", "first", export, files_cache=files_cache)
     steps = [lambda: bench.borg_create(job_raw, "first", export)]
+    job_monitored = job_repo.parent / f"{job_repo.name}-monitored"
     if job.available:
         bench.borg_init(job_repo)
         job.prepare(job_repo, export)
         steps.append(lambda: job.run(job_repo, export))
+        # The cost of noticing: the same job with its metrics and pings, against the job without them.
+        bench.borg_init(job_monitored)
+        job.prepare(job_monitored, export)
+        steps.append(lambda: job.run(job_monitored, export, monitored=True))
     results = rotated(rnd, steps)
     if job.available:
         comps["job_first"].add(results[1], results[0])
+        comps["job_metrics_first"].add(results[2], results[1])
     for k in range(bench.args.repeat):
         steps[0] = lambda k=k: bench.borg_create(job_raw, f"again-{k}", export)
         results = rotated(rnd + k, steps)
         raw_unchanged = results[0]  # the last one is the reference for the files-cache step
         if job.available:
             comps["job_unchanged"].add(results[1], raw_unchanged)
+            comps["job_metrics_unchanged"].add(results[2], results[1])
     if "files-cache" in bench.args.skip:
         return
     # A sync that changed nothing but rewrote every file: same bytes, same mtime, new inode
@@ -1209,6 +1249,20 @@ def main(argv=None) -> int:  # noqa: PLR0912, PLR0915 - the benchmark script, st
             Comparison("job_first", "backup job, first run", "backup job", "borg create", startup=None),
             Comparison("job_unchanged", "backup job, unchanged re-run", "backup job", "borg create", startup=None),
             Comparison("job_changed", "backup job, 1% changed", "backup job", "borg create", startup=None),
+            Comparison(
+                "job_metrics_first",
+                "backup job with metrics and pings, first run",
+                "job + metrics + pings",
+                "backup job",
+                startup=None,
+            ),
+            Comparison(
+                "job_metrics_unchanged",
+                "backup job with metrics and pings, unchanged re-run",
+                "job + metrics + pings",
+                "backup job",
+                startup=None,
+            ),
             Comparison(
                 "job_after_resync",
                 "backup job after a rewriting no-op sync vs borg unchanged re-run",

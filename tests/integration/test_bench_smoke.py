@@ -27,6 +27,8 @@ ALWAYS_MEASURED = {
     "sched_sync_first",
     "sched_sync_unchanged",
     "extract",
+    "job_metrics_first",
+    "job_metrics_unchanged",
 }
 
 

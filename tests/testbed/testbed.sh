@@ -99,7 +99,8 @@ engine() {
 # Packages every test host gets. borg comes from trixie's main archive, or from
 # bookworm-backports on bookworm (>= 1.2.8 for CVE-2023-36811).
 image_packages() {
-  echo "python3,python3-apt,openssh-server,openssh-client,rsync,systemd,systemd-sysv,dbus,acl,attr,procps,iproute2,ca-certificates,sudo,less,gnupg"
+  # python3-prometheus-client: the jobs write their metrics with it (the roles install it; a check run cannot).
+  echo "python3,python3-apt,python3-prometheus-client,openssh-server,openssh-client,rsync,systemd,systemd-sysv,dbus,acl,attr,procps,iproute2,ca-certificates,sudo,less,gnupg"
 }
 
 image_recipe() {
