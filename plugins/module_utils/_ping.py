@@ -27,10 +27,11 @@ SUFFIX = {"start": "/start", "success": "", "fail": "/fail"}
 class Pinger:
     """Pings ``url`` (None: off). Warnings are collected in ``warnings``, never raised."""
 
-    def __init__(self, url: str | None, timeout: float = DEFAULT_TIMEOUT, opener=urllib.request.urlopen):
+    def __init__(self, url: str | None, timeout: float = DEFAULT_TIMEOUT, opener=None):
+        # Standard library only (shipped beside the jobs, outside Ansible): an OpenerDirector's open.
         self.url = (url or "").strip().rstrip("/") or None
         self.timeout = timeout
-        self.opener = opener
+        self.opener = opener or urllib.request.build_opener().open
         self.warnings: list = []
         if self.url and not self.url.startswith(("http://", "https://")):
             self.warnings.append(f"{ENV} is not an http(s) URL: no pings are sent")
