@@ -144,6 +144,9 @@ build: deps
 	cd $(ROOT) && $(BIN)/ansible-galaxy collection build --force --output-path $(BUILD)/dist
 	$(BIN)/ansible-galaxy collection install --offline --force -p $(BUILD)/installed $(BUILD)/dist/grus-backup-*.tar.gz
 	test -f $(BUILD)/installed/ansible_collections/grus/backup/MANIFEST.json
+	@# The alert rules and the dashboard ship in the tarball (docs/monitoring.md).
+	test -f $(BUILD)/installed/ansible_collections/grus/backup/extensions/prometheus/grus_backup.rules.yml
+	test -f $(BUILD)/installed/ansible_collections/grus/backup/extensions/grafana/grus_backup.dashboard.json
 	cd /tmp && for m in borg_repo borg_archive nfs_sync; do \
 	  env -u ANSIBLE_CONFIG ANSIBLE_COLLECTIONS_PATH=$(BUILD)/installed $(BIN)/ansible-doc grus.backup.$$m >/dev/null; done
 	cd /tmp && for spec in $(ROOT)/roles/*/meta/argument_specs.yml; do \
