@@ -25,6 +25,23 @@ def snapshot(root: Path) -> dict:
     return state
 
 
+def write_export(export: Path, files) -> Path:
+    """An export tree: each ``(relative path, text)`` written under ``export``, its directories made."""
+    for rel, content in files:
+        path = export / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(content)
+    return export
+
+
+def passphrase_file(directory: Path, passphrase: str) -> Path:
+    """The passphrase in a 0600 file, for a passcommand (``cat FILE``), as the key holder keeps it."""
+    secret = directory / "passphrase"
+    secret.write_text(passphrase)
+    secret.chmod(0o600)
+    return secret
+
+
 def closed_port() -> int:
     """A 127.0.0.1 port that nothing listens on (the socket is closed on return)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

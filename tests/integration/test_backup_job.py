@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import passphrase_file, write_export
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 JOB_MODULE = "ansible_collections.grus.backup.plugins.module_utils._backup_job"
@@ -23,19 +24,16 @@ def borg(env, *args, check=True):
 @pytest.fixture
 def job(tmp_path):
     """An export with two hosts' volumes and a logs volume, an append-only repository, a config."""
-    export = tmp_path / "export"
-    for rel, content in [
-        ("antigone/data/a.txt", "alpha"),
-        ("balearica/app/b.bin", "beta" * 1000),
-        ("balearica/connection-logs/huge.log", "log line\n" * 100),
-        ("antigone/connection-logs/x.log", "log"),
-    ]:
-        path = export / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(content)
-    secret = tmp_path / "passphrase"
-    secret.write_text(PASSPHRASE)
-    secret.chmod(0o600)
+    export = write_export(
+        tmp_path / "export",
+        [
+            ("antigone/data/a.txt", "alpha"),
+            ("balearica/app/b.bin", "beta" * 1000),
+            ("balearica/connection-logs/huge.log", "log line\n" * 100),
+            ("antigone/connection-logs/x.log", "log"),
+        ],
+    )
+    secret = passphrase_file(tmp_path, PASSPHRASE)
     env = dict(os.environ)
     env.update(
         BORG_PASSCOMMAND=f"cat {secret}",

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import passphrase_file, write_export
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 COLLECTIONS = REPO_ROOT / ".build" / "collections"
@@ -77,14 +78,10 @@ def ping_server():
 
 @pytest.fixture
 def setup(tmp_path):
-    export = tmp_path / "export"
-    for rel, content in [("antigone/data/a.txt", "alpha"), ("balearica/app/b.bin", "beta" * 1000)]:
-        path = export / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(content)
-    secret = tmp_path / "passphrase"
-    secret.write_text(PASSPHRASE)
-    secret.chmod(0o600)
+    export = write_export(
+        tmp_path / "export", [("antigone/data/a.txt", "alpha"), ("balearica/app/b.bin", "beta" * 1000)]
+    )
+    secret = passphrase_file(tmp_path, PASSPHRASE)
     env = {k: v for k, v in os.environ.items() if not k.startswith("BORG_")}
     env.update(
         BORG_PASSCOMMAND=f"cat {secret}", BORG_BASE_DIR=str(tmp_path / "base"), BORG_KEYS_DIR=str(tmp_path / "k")
