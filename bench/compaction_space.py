@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-MODULES = ("_runner.py", "_segments.py", "_compaction_job.py", "_compaction_tools.py")
 
 
 def borg(env: dict, *args: str, cwd: Path | None = None) -> None:
@@ -36,8 +35,10 @@ def ship(lib: Path) -> None:
     package = lib / "grus_backup"
     package.mkdir(parents=True)
     (package / "__init__.py").write_text("")
-    for name in MODULES:
-        shutil.copy(ROOT / "plugins" / "module_utils" / name, package / name)
+    # Every module_utils file, as bench/run.py ships them: a list of its own here went stale once the
+    # compaction job imported the metrics and ping modules.
+    for source in (ROOT / "plugins" / "module_utils").glob("_*.py"):
+        shutil.copy(source, package / source.name)
 
 
 def segment_bytes(repo: Path) -> tuple[int, set]:
