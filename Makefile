@@ -3,7 +3,7 @@
 #   make demo          three local containers, deploy, sync + backup, restore check, tear down
 #   make test          every gate: lint, sanity, build, unit, integration, molecule
 #   make lint | sanity | unit | integration | molecule | build | ee | bench | clean
-#   make molecule SCENARIO=full      one Molecule scenario
+#   make molecule SCENARIO=full      one Molecule scenario (FULL_SUITES=trixie: full on one release)
 #   make unit PYTEST_ARGS='-k prune' one selection of tests
 
 SHELL := /bin/bash
@@ -36,7 +36,7 @@ define run_pytest
 endef
 
 .PHONY: help deps host-deps venv link test lint sanity unit integration molecule demo demo-up demo-down \
-        build ee changelog bench clean distclean
+        build tarball ee changelog bench clean distclean
 
 help:
 	@sed -n '2,8p' $(ROOT)/Makefile | sed 's/^# \{0,1\}//'
@@ -111,14 +111,23 @@ unit: deps
 integration: deps
 	@$(call run_pytest,$(ROOT)/tests/integration)
 
-molecule: deps
-	@eval "$$($(TESTBED) engine)"; $(TESTBED) image trixie; \
+# Each scenario names its Debian release in molecule.yml (image grus-backup-<suite>); `full` runs once per
+# release in FULL_SUITES, from the tarball `make tarball` installs (.build/installed), as a user would.
+FULL_SUITES ?= bookworm trixie
+
+molecule: deps tarball
+	@eval "$$($(TESTBED) engine)"; \
 	scenarios="$(if $(SCENARIO),$(SCENARIO),$(SCENARIOS_ORDERED))"; \
 	[ -n "$$scenarios" ] || { echo "FAILED: no Molecule scenario found under molecule/" >&2; exit 1; }; \
 	cd $(ROOT); for s in $$scenarios; do \
-	  start=$$(date +%s); \
-	  $(BIN)/molecule test -s $$s || { $(BIN)/molecule destroy -s $$s >/dev/null 2>&1 || true; exit 1; }; \
-	  echo "molecule: scenario $$s passed in $$(( $$(date +%s) - start )) s"; \
+	  suites=$$(if [ $$s = full ]; then echo $(FULL_SUITES); \
+	            else sed -n 's|.*image: localhost/grus-backup-\([a-z]*\):.*|\1|p' molecule/$$s/molecule.yml | sort -u; fi); \
+	  for suite in $$suites; do \
+	    $(TESTBED) image $$suite; start=$$(date +%s); \
+	    GRUS_SUITE=$$suite $(BIN)/molecule test -s $$s \
+	      || { GRUS_SUITE=$$suite $(BIN)/molecule destroy -s $$s >/dev/null 2>&1 || true; exit 1; }; \
+	    echo "molecule: scenario $$s on $$suite passed in $$(( $$(date +%s) - start )) s"; \
+	  done; \
 	done
 
 ## ---- demo --------------------------------------------------------------------------
@@ -139,11 +148,14 @@ demo-down:
 
 ## ---- packaging, docs, benchmarks -------------------------------------------------
 
-build: deps
+# The tarball a user installs, installed as a user installs it (Molecule's `full` deploys from it).
+tarball: deps
 	@rm -rf $(BUILD)/dist $(BUILD)/installed && mkdir -p $(BUILD)/dist
 	cd $(ROOT) && $(BIN)/ansible-galaxy collection build --force --output-path $(BUILD)/dist
 	$(BIN)/ansible-galaxy collection install --offline --force -p $(BUILD)/installed $(BUILD)/dist/grus-backup-*.tar.gz
 	test -f $(BUILD)/installed/ansible_collections/grus/backup/MANIFEST.json
+
+build: tarball
 	@# The alert rules and the dashboard ship in the tarball (docs/monitoring.md).
 	test -f $(BUILD)/installed/ansible_collections/grus/backup/extensions/prometheus/grus_backup.rules.yml
 	test -f $(BUILD)/installed/ansible_collections/grus/backup/extensions/grafana/grus_backup.dashboard.json

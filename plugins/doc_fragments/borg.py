@@ -72,13 +72,14 @@ options:
       - Defaults to the home directory of the user running borg.
     type: path
 notes:
-  - Needs borg >= 1.2.8 and < 2 on the managed host (older borg is refused because of CVE-2023-36811).
+  - Needs borg >= 1.4.0 and < 2 on the managed host (1.4.0 is the oldest tested; older borg is refused,
+    CVE-2023-36811 among the reasons).
   - Borg sees no E(BORG_*) variable of the environment Ansible runs it in (E(BORG_REPO), E(BORG_PASSPHRASE),
     E(BORG_KEY_FILE), E(BORG_CACHE_DIR), ...); only what these options set reaches it.
   - Borg never gets to ask a question. Its standard input is C(/dev/null) and every confirmation
     (relocated repository, unknown unencrypted repository, dangerous commands) is answered C(no).
 requirements:
-  - borg (borgbackup) >= 1.2.8, < 2.0 on the managed host
+  - borg (borgbackup) >= 1.4.0, < 2.0 on the managed host
 """
 
     # The attribute descriptions (as community.crypto's _attributes fragment): grus.backup.borg.attributes

@@ -1,6 +1,6 @@
 # Copyright: (c) 2026, grus.backup developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The borg version gate (>= 1.2.8, not 2.x), remembered per binary on disk.
+"""The borg version gate (>= 1.4.0, not 2.x), remembered per binary on disk.
 
 layer 4: may import _runner, _borg_failures, _borg_argv.
 """
@@ -18,7 +18,8 @@ from ._borg_argv import borg_env
 from ._borg_failures import BorgError
 from ._runner import CommandNotFound, run
 
-MIN_BORG_VERSION = (1, 2, 8)
+# The oldest borg the tests run: Debian 13, and bookworm-backports on Debian 12 (fixes CVE-2023-36811).
+MIN_BORG_VERSION = (1, 4, 0)
 
 
 def parse_borg_version(text: str) -> tuple:
@@ -34,13 +35,13 @@ def check_borg_version(version: tuple) -> None:
     shown = ".".join(str(part) for part in version)
     if version < MIN_BORG_VERSION:
         raise BorgError(
-            f"borg {shown} is too old: grus.backup needs borg >= 1.2.8, which fixes CVE-2023-36811 "
-            "(archive spoofing); on Debian bookworm install borgbackup from bookworm-backports",
+            f"borg {shown} is too old: grus.backup needs borg >= 1.4.0, the oldest it is tested with "
+            "(it fixes CVE-2023-36811); on Debian bookworm install borgbackup from bookworm-backports",
             cause="unsupported_version",
         )
     if version[0] >= 2:
         raise BorgError(
-            f"borg {shown} is not supported: grus.backup drives borg 1.x (>= 1.2.8)", cause="unsupported_version"
+            f"borg {shown} is not supported: grus.backup drives borg 1.x (>= 1.4.0)", cause="unsupported_version"
         )
 
 
@@ -65,7 +66,7 @@ def _binary_identity(borg: str):
 def cached_borg_version(borg: str = "borg", runner=None, cache=None) -> str:
     """``borg_version``, remembered per binary: asked again only when the binary changes.
 
-    The check (>= 1.2.8, not 2.x) runs on every call, cached or not. A cache that
+    The check (>= 1.4.0, not 2.x) runs on every call, cached or not. A cache that
     cannot be read or written is ignored: the version is then asked of borg.
     """
     cache = VERSION_CACHE if cache is None else cache

@@ -23,12 +23,12 @@ for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
 done
 
-# Borg >= 1.2.8 (CVE-2023-36811). bookworm's main archive has 1.2.4: take
+# Borg >= 1.4.0 (the oldest grus.backup is tested with). bookworm's main archive has 1.2.4: take
 # bookworm-backports (1.4.0) there; trixie and later carry a recent one.
 borg_ok() {
   command -v borg >/dev/null 2>&1 || return 1
   v=$(borg --version 2>/dev/null | awk '{print $2}')
-  [ "$(printf '%s\n1.2.8\n' "$v" | sort -V | head -n1)" = "1.2.8" ]
+  [ "$(printf '%s\n1.4.0\n' "$v" | sort -V | head -n1)" = "1.4.0" ]
 }
 
 apt_updated=0
@@ -46,7 +46,7 @@ if ! borg_ok; then
   if [ "$codename" = bookworm ]; then
     list=/etc/apt/sources.list.d/grus-backup-bookworm-backports.list
     if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
-      echo "host-deps: adding $list (borg >= 1.2.8 comes from bookworm-backports)"
+      echo "host-deps: adding $list (borg >= 1.4.0 comes from bookworm-backports)"
       echo "deb http://deb.debian.org/debian bookworm-backports main" > "$list"
       apt_updated=0
     fi
@@ -58,5 +58,5 @@ if ! borg_ok; then
     echo "host-deps: installing borgbackup"
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq borgbackup >/dev/null
   fi
-  borg_ok || { echo "host-deps: borg >= 1.2.8 could not be installed" >&2; exit 1; }
+  borg_ok || { echo "host-deps: borg >= 1.4.0 could not be installed" >&2; exit 1; }
 fi

@@ -103,17 +103,17 @@ def test_parse_borg_version_garbage():
         _borg_version.parse_borg_version("command not found")
 
 
-@pytest.mark.parametrize("version", [(1, 2, 8), (1, 2, 9), (1, 4, 0), (1, 4, 3)])
+@pytest.mark.parametrize("version", [(1, 4, 0), (1, 4, 3), (1, 4, 5), (1, 9, 0)])
 def test_supported_versions(version):
     _borg_version.check_borg_version(version)
 
 
-@pytest.mark.parametrize("version", [(1, 2, 7), (1, 2, 4), (1, 1, 18), (1, 0, 13)])
+@pytest.mark.parametrize("version", [(1, 3, 9), (1, 2, 8), (1, 2, 4), (1, 1, 18), (1, 0, 13)])
 def test_old_borg_refused_naming_the_cve(version):
     with pytest.raises(_borg_failures.BorgError) as err:
         _borg_version.check_borg_version(version)
     assert "CVE-2023-36811" in str(err.value)
-    assert "1.2.8" in str(err.value)
+    assert "1.4.0" in str(err.value)
     assert err.value.cause == "unsupported_version"
 
 
