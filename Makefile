@@ -3,7 +3,7 @@
 #   make demo          three local containers, deploy, sync + backup, restore check, tear down
 #   make test          every gate: lint, sanity, build, unit, integration, molecule
 #   make lint | sanity | unit | integration | molecule | build | ee | bench | clean
-#   make molecule SCENARIO=full      one Molecule scenario (FULL_SUITES=trixie: full on one release)
+#   make molecule SCENARIO=full      one Molecule scenario (MOLECULE_LANES=1: one at a time)
 #   make unit PYTEST_ARGS='-k prune' one selection of tests
 
 SHELL := /bin/bash
@@ -21,8 +21,10 @@ PYTHON ?= python3
 PYTEST_ARGS ?=
 SCENARIO ?=
 SCENARIOS := $(sort $(notdir $(patsubst %/molecule.yml,%,$(wildcard $(ROOT)/molecule/*/molecule.yml))))
-# `full` last: it is the longest and builds on what the per-role scenarios show.
-SCENARIOS_ORDERED := $(filter-out full,$(SCENARIOS)) $(filter full,$(SCENARIOS))
+# The longest first, so that the lanes of `make molecule` end together.
+# `demo` is the README's `make demo`, run as one of them.
+SCENARIOS_ORDERED := $(filter full,$(SCENARIOS)) $(filter full_bookworm,$(SCENARIOS)) demo \
+                     $(filter-out full full_bookworm,$(SCENARIOS))
 
 export PATH := $(BIN):$(PATH)
 export ANSIBLE_COLLECTIONS_PATH := $(COLLECTIONS)
@@ -111,24 +113,14 @@ unit: deps
 integration: deps
 	@$(call run_pytest,$(ROOT)/tests/integration)
 
-# Each scenario names its Debian release in molecule.yml (image grus-backup-<suite>); `full` runs once per
-# release in FULL_SUITES, from the tarball `make tarball` installs (.build/installed), as a user would.
-FULL_SUITES ?= bookworm trixie
+# Each scenario names its Debian release in molecule.yml (image grus-backup-<suite>); `full` and
+# `full_bookworm` deploy from the tarball `make tarball` installs (.build/installed), as a user would.
+# MOLECULE_LANES scenarios run at once (tests/testbed/molecule.sh); the longest start first.
+MOLECULE_LANES ?= 2
 
 molecule: deps tarball
-	@eval "$$($(TESTBED) engine)"; \
-	scenarios="$(if $(SCENARIO),$(SCENARIO),$(SCENARIOS_ORDERED))"; \
-	[ -n "$$scenarios" ] || { echo "FAILED: no Molecule scenario found under molecule/" >&2; exit 1; }; \
-	cd $(ROOT); for s in $$scenarios; do \
-	  suites=$$(if [ $$s = full ]; then echo $(FULL_SUITES); \
-	            else sed -n 's|.*image: localhost/grus-backup-\([a-z]*\):.*|\1|p' molecule/$$s/molecule.yml | sort -u; fi); \
-	  for suite in $$suites; do \
-	    $(TESTBED) image $$suite; start=$$(date +%s); \
-	    GRUS_SUITE=$$suite $(BIN)/molecule test -s $$s \
-	      || { GRUS_SUITE=$$suite $(BIN)/molecule destroy -s $$s >/dev/null 2>&1 || true; exit 1; }; \
-	    echo "molecule: scenario $$s on $$suite passed in $$(( $$(date +%s) - start )) s"; \
-	  done; \
-	done
+	@eval "$$($(TESTBED) engine)"; cd $(ROOT); \
+	MOLECULE_LANES=$(MOLECULE_LANES) $(ROOT)/tests/testbed/molecule.sh $(if $(SCENARIO),$(SCENARIO),$(SCENARIOS_ORDERED))
 
 ## ---- demo --------------------------------------------------------------------------
 
