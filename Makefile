@@ -110,8 +110,11 @@ unit: deps
 	  promtool test rules grus_backup.rules.test.yml grus_backup.rules.long.test.yml
 	@$(call run_pytest,$(ROOT)/tests/unit)
 
+# Each test makes its own repositories, temp dirs and sshd (one per worker): they run on every core.
+INTEGRATION_WORKERS ?= $(shell nproc)
+
 integration: deps
-	@$(call run_pytest,$(ROOT)/tests/integration)
+	@$(call run_pytest,-n $(INTEGRATION_WORKERS) $(ROOT)/tests/integration)
 
 # Each scenario names its Debian release in molecule.yml (image grus-backup-<suite>); `full` and
 # `full_bookworm` deploy from the tarball `make tarball` installs (.build/installed), as a user would.
