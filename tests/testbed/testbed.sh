@@ -82,8 +82,13 @@ engine() {
     log "starting podman's Docker-compatible API on unix://$SOCKET"
     # From /: conmon inherits the service's working directory, and a checkout that is later
     # removed (a CI clone) would leave a service whose every container start fails.
-    setsid nohup env --chdir=/ CONTAINERS_CONF="$CONTAINERS_CONF" podman system service --time=0 "unix://$SOCKET" \
-      > "$state/podman-service.log" 2>&1 < /dev/null &
+    # Without the caller's other open files: a service that inherited, say, the lock of a `flock ... make
+    # molecule` would hold that lock for as long as it runs (seen: every later flock waited forever).
+    (
+      for fd in "/proc/$BASHPID/fd/"*; do fd=${fd##*/}; [ "$fd" -gt 2 ] && eval "exec $fd>&-"; done
+      exec setsid nohup env --chdir=/ CONTAINERS_CONF="$CONTAINERS_CONF" podman system service --time=0 "unix://$SOCKET" \
+        > "$state/podman-service.log" 2>&1 < /dev/null
+    ) &
     echo $! > "$state/podman-service.pid"
     for _ in $(seq 1 100); do
       curl -sf --unix-socket "$SOCKET" http://d/_ping >/dev/null 2>&1 && break
