@@ -121,7 +121,13 @@ def restore_and_compare(conn: BorgRepo, record: dict, archive: dict, scratch: st
     except BorgError as exc:
         if exc.cause == "damaged_data":
             report.damaged = [d for d in exc.details if not d.startswith("borg warning")]
-            raise DrillFailed("damaged", exc.message) from exc
+            raise DrillFailed(
+                "damaged",
+                f"damaged data in {conn.repo}::{archive['name']}: borg extract restored {len(report.damaged)} "
+                f"sampled file(s) with zeros where data was lost, or with a size that does not add up (borg rc "
+                f"{exc.rc}): {_few(report.damaged)}. Run `borg check --verify-data`; a new backup of the same data "
+                "heals the chunks (`borg check --repair` afterwards), older archives stay damaged",
+            ) from exc
         raise DrillFailed("error", f"borg ({exc.cause}): {exc.message}") from exc
     except (_drill_sample.SampleError, KeyError, TypeError) as exc:
         raise DrillFailed("error", f"the drill record of {archive['name']} is not usable: {exc}") from exc
@@ -138,7 +144,7 @@ def run_drill(conn: BorgRepo, state_dir: str, prefix: str, clock=time.monotonic)
         report.files = len(record.get("files") or [])
         if not report.files:
             raise DrillFailed("no_record", f"the drill record of {archive['name']} holds no file (an empty export?)")
-        scratch = tempfile.mkdtemp(prefix="drill-", dir=_scratch_parent(state_dir))
+        scratch = tempfile.mkdtemp(prefix="drill-scratch-", dir=_scratch_parent(state_dir))
         started = clock()
         try:
             outcome = restore_and_compare(conn, record, archive, scratch, report)
