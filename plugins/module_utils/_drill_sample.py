@@ -108,6 +108,12 @@ def candidates(export: str, count: int, rng, skip=lambda _path: False, leave_out
     return chosen
 
 
+def _skipped(export: str, rel: str, skip) -> bool:
+    """Whether ``skip`` (the excludes) leaves out ``<export>/<rel>`` or any directory above it in the export."""
+    parts = rel.split(os.sep)
+    return any(skip(os.path.join(export, *parts[:depth])) for depth in range(1, len(parts) + 1))
+
+
 def take_sample(
     export: str, canaries=(), max_files=DEFAULT_SAMPLE_FILES, max_bytes=DEFAULT_SAMPLE_BYTES, skip=None, rng=None
 ):
@@ -125,9 +131,8 @@ def take_sample(
     for given in canaries:
         rel = check_relative(given)
         rels.append(rel)
-        path = os.path.join(export, rel)
         try:
-            entry = None if skip(path) else measure(export, rel)
+            entry = None if _skipped(export, rel, skip) else measure(export, rel)
         except OSError as exc:
             problems.append(f"drill canary {rel} cannot be read in {export}: {exc.strerror or exc}")
             continue
