@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -158,6 +159,11 @@ def test_backup_records_a_bounded_sample_and_the_drill_passes(job):
     assert f'grus_backup_drill_files{{prefix="grus-",repository="{job["repo"]}"}} {len(files)}.0' in prom
     assert "grus_backup_drill_last_success_timestamp_seconds{" in prom
     assert f'grus_backup_job_exit_status{{repository="{repo}",task="drill"}} 0.0' in prom
+    if shutil.which("promtool"):
+        checked = subprocess.run(
+            ["promtool", "check", "metrics"], input=prom, capture_output=True, text=True, check=False
+        )
+        assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
 def test_a_tampered_record_fails_the_drill_and_a_changed_file_is_only_counted(job):
