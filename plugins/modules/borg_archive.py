@@ -188,7 +188,7 @@ notes:
     first (streamed, a few fields per item) to compare and, afterwards, to verify what was written.
   - V(extracted) fails (C(cause=damaged_data)), also in check mode, when borg reports damaged data, which borg
     itself treats only as a warning (rc 1) - a file whose lost chunks a C(borg check --repair) replaced with
-    zeros ("File has damaged (all-zero) chunks", borg 1.4.0 says "<path>: backup error"), or a size
+    zeros (borg 1.2 logs "File has damaged (all-zero) chunks", borg 1.4.0 only "backup error"), or a size
     inconsistency. The message names the damaged files (the first 20; all in C(borg_messages)). Borg has
     written them into O(dest) with zeros where data was lost, so they must not be trusted; run
     C(borg check --verify-data), and restore those files from an older archive if one holds them intact.
