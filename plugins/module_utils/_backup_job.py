@@ -2,8 +2,8 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The key holder's scheduled backup run: guards, one archive, guarded prune.
 
-layer 7: may import _config, _marker, _metrics, _ping, _volume_guard, _borg_argv, _borg_failures, _borg_validate,
-_borg_version, _borg_repo, _prune
+layer 7: may import _config, _marker, _metrics, _ping, _volume_guard, _drill_sample, _borg_argv, _borg_failures,
+_borg_validate, _borg_parse, _borg_version, _borg_repo, _prune, _restore_drill
 
 Private to grus.backup and pure standard library. The ``key_holder`` role ships
 this file with the module utilities it imports (and nothing else) as a plain
@@ -52,13 +52,20 @@ How a run goes, and why:
    The retention must never eat the last good archives of a wiped or encrypted
    volume.
 
-6. Noticing. With ``--metrics-dir`` the run writes its metrics for node_exporter's textfile
+6. The restore drill's sample (``_drill_sample``): right before the create, the canaries
+   (``drill_canaries``, relative to the export) and up to ``drill_sample_files`` random regular files,
+   within ``drill_sample_bytes``, are hashed (SHA-256); once the archive exists they are recorded
+   under its name in ``<state_dir>/drill-records.json``. A canary that is missing is a warning. A
+   sampling failure never stops the backup (a warning: the drill then has an older record or none).
+
+7. Noticing. With ``--metrics-dir`` the run writes its metrics for node_exporter's textfile
    collector (``_metrics``: times, exit status, the archive's sizes, each volume, each sync
    marker, the prune's plan, deletions and hold); with ``GRUS_BACKUP_PING_URL`` in the
    environment it pings a dead man's switch (``_ping``). Neither can fail the run.
 
 ``--check`` and ``--verify-data`` run ``borg check`` (the weekly and monthly units) with the same
-metrics and pings, as the tasks ``check`` and ``verify_data``.
+metrics and pings, as the tasks ``check`` and ``verify_data``. ``--drill`` runs the restore drill
+(``_restore_drill``, the weekly drill unit) as the task ``drill``: exit 0 when it passed, 2 otherwise.
 
 Exit status: 0 ok, 1 done with warnings, 2 error or refusal.
 """
@@ -74,9 +81,10 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
-from . import _marker, _metrics, _ping, _volume_guard
+from . import _drill_sample, _marker, _metrics, _ping, _volume_guard
 from ._borg_argv import DEFAULT_COMPRESSION, DEFAULT_LOCK_WAIT, check_argv
 from ._borg_failures import BorgError
+from ._borg_parse import parse_archive_time
 from ._borg_repo import BorgRepo, create_archive
 from ._borg_validate import (
     validate_compression,
@@ -89,6 +97,7 @@ from ._borg_validate import (
 from ._borg_version import cached_borg_version
 from ._config import dataclass_kwargs
 from ._prune import DEFAULT_CLOCK_TOLERANCE, DEFAULT_MAX_DELETIONS, guarded_prune
+from ._restore_drill import DrillReport, run_drill
 
 EXIT_OK = 0
 EXIT_WARNING = 1
@@ -141,6 +150,9 @@ class JobConfig:
     state_dir: str = DEFAULT_STATE_DIR
     shrink_share: float = _volume_guard.DEFAULT_SHRINK_SHARE
     rewrite_share: float = _volume_guard.DEFAULT_REWRITE_SHARE
+    drill_canaries: list = field(default_factory=list)
+    drill_sample_files: int = _drill_sample.DEFAULT_SAMPLE_FILES
+    drill_sample_bytes: int = _drill_sample.DEFAULT_SAMPLE_BYTES
     borg: str = "borg"
 
     @classmethod
@@ -172,6 +184,7 @@ class JobConfig:
             if not 0 < value <= 1:
                 raise JobError("usage", f"{share} must be above 0 and at most 1 (a share), not {value}")
             setattr(self, share, value)
+        self.validate_drill()
         if not os.path.isabs(self.state_dir):
             raise JobError("usage", f"state_dir must be an absolute path, not {self.state_dir!r}")
         try:
@@ -206,6 +219,25 @@ class JobConfig:
             markers.append({"path": str(marker["path"]), "max_age_minutes": int(marker["max_age_minutes"])})
         self.markers = markers
 
+    def validate_drill(self) -> None:
+        """The restore drill's sample: whole numbers of files and bytes, canaries relative to the export."""
+
+        for name in ("drill_sample_files", "drill_sample_bytes"):
+            value = getattr(self, name)
+            try:
+                number = int(value) if not isinstance(value, (bool, float)) else None
+            except (TypeError, ValueError):
+                number = None
+            if number is None or number < 0:
+                raise JobError("usage", f"{name} must be a whole number, 0 or more, not {value!r}")
+            setattr(self, name, number)
+        if not isinstance(self.drill_canaries, list):
+            raise JobError("usage", "drill_canaries must be a list of paths relative to the export")
+        try:
+            self.drill_canaries = [_drill_sample.check_relative(c) for c in self.drill_canaries]
+        except _drill_sample.SampleError as exc:
+            raise JobError("usage", f"drill_canaries: {exc}") from exc
+
     def connection(self, runner=None) -> BorgRepo:
         # The configuration's field names are the modules' option names: one way to connect.
         return BorgRepo.from_params(vars(self), borg=self.borg, runner=runner)
@@ -223,6 +255,7 @@ class JobReport:
     volumes: dict = field(default_factory=dict)
     prune_hold: dict | None = None
     pruned_run: bool = False
+    drill_sample: dict | None = None
 
     @property
     def exit_status(self) -> int:
@@ -241,6 +274,7 @@ class JobReport:
             "sync_waited_seconds": self.sync_waited_seconds,
             "volumes": self.volumes,
             "prune_hold": self.prune_hold,
+            "drill_sample": self.drill_sample,
             "exit_status": self.exit_status,
         }
 
@@ -328,9 +362,11 @@ def run_job(config: JobConfig, *, now=None, timestamp=None, runner=None, do_prun
             moment = datetime.strptime(timestamp, ARCHIVE_TIME_FORMAT).replace(tzinfo=timezone.utc)  # noqa: UP017
             borg_timestamp = timestamp
         report.volumes = _volume_guard.measure_volumes(config.paths, config.exclude)
+        sample = sample_for_drill(config, report)
         created = create_named_by_second(config, conn, moment, borg_timestamp)
         report.archive = created["archive"]
         report.warnings.extend(created["warnings"])
+        record_for_drill(config, report, sample)
         guard_volumes(config, report)
         if (config.prune if do_prune is None else do_prune) and not report.prune_hold:
             check_clock_skew(report.markers, config.clock_tolerance)
@@ -371,6 +407,42 @@ def create_named_by_second(config: JobConfig, conn: BorgRepo, moment: datetime, 
             raise
     time.sleep(1.0 - time.time() % 1.0)  # into the next second
     return create(max(datetime.now(timezone.utc), moment + timedelta(seconds=1)))  # noqa: UP017
+
+
+def sample_for_drill(config: JobConfig, report: JobReport) -> dict | None:
+    """The restore drill's sample of the export, taken right before the create (``None``: none taken).
+
+    Only the first path (the export) is sampled: the drill's canaries are relative to it.
+    """
+    export = config.paths[0] if config.paths else None
+    if not export:
+        return None
+    try:
+        sample = _drill_sample.take_sample(
+            export,
+            config.drill_canaries,
+            config.drill_sample_files,
+            config.drill_sample_bytes,
+            skip=lambda path: _volume_guard.excluded(path, config.exclude),
+        )
+    except (OSError, _drill_sample.SampleError) as exc:
+        report.warnings.append(f"no restore drill sample taken of {export}: {exc}")
+        return None
+    report.warnings.extend(sample["problems"])
+    return sample
+
+
+def record_for_drill(config: JobConfig, report: JobReport, sample: dict | None) -> None:
+    """Record the sample under the archive's name (after the create: only an archive that exists gets one)."""
+    name = (report.archive or {}).get("name")
+    if sample is None or not name:
+        return
+    try:
+        _drill_sample.record_sample(config.state_dir, name, sample)
+    except OSError as exc:
+        report.warnings.append(f"the restore drill sample of {name} was not recorded in {config.state_dir}: {exc}")
+        return
+    report.drill_sample = {"files": len(sample["files"]), "bytes": sample["bytes"]}
 
 
 def guard_volumes(config: JobConfig, report: JobReport) -> None:
@@ -466,6 +538,44 @@ def run_check(config: JobConfig, verify_data: bool, runner=None) -> JobReport:
     return report
 
 
+def record_drill(metrics: _metrics.JobMetrics, config: JobConfig, report: DrillReport) -> None:
+    """The drill's samples; its last success survives a failed drill (read back from the previous file)."""
+    where = {"repository": config.repo, "prefix": config.archive_prefix}
+    metrics.set("grus_backup_drill_result", 1, result=report.result, **where)
+    if report.archive:
+        metrics.set("grus_backup_drill_files", report.files, **where)
+        metrics.set("grus_backup_drill_verified_files", len(report.verified), **where)
+        metrics.set("grus_backup_drill_changed_files", len(report.changed), **where)
+        metrics.set("grus_backup_drill_bytes", report.bytes, **where)
+        metrics.set("grus_backup_drill_duration_seconds", report.duration_seconds, **where)
+        archive_time = parse_archive_time(report.archive_time)
+        metrics.set("grus_backup_drill_archive_timestamp_seconds", archive_time and archive_time.timestamp(), **where)
+    success = time.time() if report.passed else None
+    if success is None:
+        success = _metrics.previous_value(metrics.path, "grus_backup_drill_last_success_timestamp_seconds")
+    metrics.set("grus_backup_drill_last_success_timestamp_seconds", success, **where)
+
+
+def drill(config: JobConfig, as_json: bool, runner=None) -> DrillReport:
+    """``--drill``: the restore drill, told in the journal (and as JSON with ``--json``)."""
+    report = run_drill(config.connection(runner=runner), config.state_dir, config.archive_prefix)
+    if as_json:
+        _say(json.dumps(report.to_dict()))
+    named = f"{config.repo}::{report.archive}" if report.archive else config.repo
+    mib = report.bytes / 1024**2
+    _say(
+        f"grus-backup: restore drill of {named}: {'PASSED' if report.passed else 'FAILED (' + report.result + ')'}: "
+        f"{len(report.verified)} of {report.files} sampled file(s) verified by SHA-256, {mib:.1f} MiB in "
+        f"{report.duration_seconds:.1f} s ({report.throughput / 1024**2:.1f} MiB/s); "
+        f"{len(report.changed)} changed between sampling and archiving"
+    )
+    for warning in report.warnings:
+        _say(f"grus-backup: WARNING: {warning}", sys.stderr)
+    for error in report.errors:
+        _say(f"grus-backup: FAILED: restore drill: {error}", sys.stderr)
+    return report
+
+
 def _finish(metrics: _metrics.JobMetrics, pinger: _ping.Pinger, rc: int, warnings=0) -> None:
     pinger.finish(rc)
     for warning in metrics.finish(rc, warnings) + pinger.warnings:
@@ -513,9 +623,12 @@ def main(argv=None, runner=None) -> int:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--check", action="store_true", help="run borg check (repository and archives) instead")
     mode.add_argument("--verify-data", action="store_true", help="run borg check --verify-data instead")
+    mode.add_argument(
+        "--drill", action="store_true", help="run the restore drill (the newest recorded archive's sample) instead"
+    )
     parser.add_argument("--metrics-dir", help="write Prometheus metrics here (node_exporter's textfile directory)")
     args = parser.parse_args(argv)
-    task = "verify_data" if args.verify_data else "check" if args.check else "backup"
+    task = "verify_data" if args.verify_data else "check" if args.check else "drill" if args.drill else "backup"
     metrics = _metrics.JobMetrics(task, args.metrics_dir)
     pinger = _ping.Pinger.from_env()
     if not args.release_hold:
@@ -526,6 +639,8 @@ def main(argv=None, runner=None) -> int:
     if not args.release_hold:
         if task == "backup" and config is not None and report is not None:
             record_backup(metrics, config, report)
+        if task == "drill" and config is not None and report is not None:
+            record_drill(metrics, config, report)
         _finish(metrics, pinger, rc, warnings)
     return rc
 
@@ -549,6 +664,9 @@ def _run(args, runner) -> tuple:
         return EXIT_ERROR, 0, None, None
     if args.release_hold:
         return release_hold(config), 0, config, None
+    if args.drill:
+        report = drill(config, args.json, runner=runner)
+        return (EXIT_OK if report.passed else EXIT_ERROR), len(report.warnings), config, report
     if args.check or args.verify_data:
         report = run_check(config, args.verify_data, runner=runner)
         what = "borg check --verify-data" if args.verify_data else "borg check"

@@ -266,3 +266,64 @@ def classify_failure(rc=None, logs=(), stderr="") -> Failure:
         if rc is not None and rc in failure.rcs:
             return failure
     return GENERIC_FAILURE
+
+
+# ---- damaged data: what borg extract only "warns" about -------------------------------------------
+#
+# After `borg check --repair` a chunk that was lost is replaced by zeros of the same length (the item keeps
+# `chunks_healthy`). `borg extract` (also --dry-run) then writes such a file and goes on, exit 1 (a warning):
+# the restored file is NOT the file that was backed up. Measured and read in borg's sources:
+# - borg 1.2.x: "<path>: File has damaged (all-zero) chunks. Try running borg check --repair." and
+#   "<path>: Size inconsistency detected: size N, chunks size M" (no msgid, rc 1);
+# - borg 1.4.0: the same condition logs "<path>: backup error" (its BackupError loses the detail), msgid
+#   BackupError, modern rc 102;
+# - later borg (borg PR #10357): BackupDamagedChunksError, modern rc 113, and corrupted chunks replaced by
+#   zeros during the extract itself instead of an IntegrityError.
+# Only a restore calls this: at extract time these ids and words mean the data is not what was archived.
+DAMAGE_MSGIDS = ("BackupError", "BackupDamagedChunksError")
+DAMAGE_RCS = (102, 113)
+DAMAGE_TEXTS = (
+    "damaged (all-zero) chunks",
+    "all-zero replacement",
+    "all-zero chunk",
+    "damaged chunk",
+    "size inconsistency detected",
+    ": backup error",
+)
+
+
+def _damaged_path(message: str) -> str:
+    """The item path at the start of a damage warning (``<path>: <what>``)."""
+    lowered = message.lower()
+    for text in DAMAGE_TEXTS:
+        at = lowered.find(text)
+        if at <= 0:
+            continue
+        prefix = message[:at]
+        if text.startswith(": "):
+            return prefix.strip()
+        return (prefix.rsplit(": ", 1)[0] if ": " in prefix else prefix).strip()
+    return message.rsplit(": ", 1)[0].strip() if ": " in message else message.strip()
+
+
+def damaged_items(rc, logs) -> list:
+    """The paths an extract reported as damaged (zeros where data was lost, a size that does not add up).
+
+    Empty when borg said nothing of the kind. A modern damage exit code without a line naming a file
+    still counts (``["?"]``): a restore must never pass on it.
+    """
+    found = []
+    for entry in logs:
+        if entry.get("type") not in ("log_message", "text"):
+            continue
+        message = str(entry.get("message") or "")
+        if entry.get("type") == "log_message" and entry.get("levelname") not in ("WARNING", "ERROR", "CRITICAL"):
+            continue
+        lowered = message.lower()
+        if entry.get("msgid") in DAMAGE_MSGIDS or any(text in lowered for text in DAMAGE_TEXTS):
+            path = _damaged_path(message)
+            if path not in found:
+                found.append(path)
+    if not found and rc in DAMAGE_RCS:
+        found.append("?")
+    return found

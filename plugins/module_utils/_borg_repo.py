@@ -30,7 +30,7 @@ from ._borg_argv import (
     list_argv,
     prune_argv,
 )
-from ._borg_failures import FAILURES, BorgError, classify_failure, exit_status
+from ._borg_failures import FAILURES, BorgError, classify_failure, damaged_items, exit_status
 from ._borg_parse import (
     config_append_only,
     file_statuses,
@@ -355,12 +355,41 @@ def delete_planned(conn: BorgRepo, plan: dict) -> list:
     return conn.run(delete_planned_argv(conn.repo, names, **conn.argv_kwargs())).warnings
 
 
+DAMAGED_SHOWN = 20  # damaged paths named in a message (all of them are in the error's details)
+
+
 def extract(conn: BorgRepo, name: str, dest: str, paths=(), strip_components=0, dry_run=False) -> list:
-    """``borg extract`` into ``dest`` (its cwd); returns warnings."""
+    """``borg extract`` into ``dest`` (its cwd); returns warnings.
+
+    A file borg extracts with zeros where data was lost (all-zero replacement chunks after a
+    ``borg check --repair``) or whose size does not add up is only a warning to borg (rc 1); here it
+    is a failure (cause ``damaged_data``) naming the files: such a restore is not the data that was
+    backed up. Borg has written the files it could by then (with ``dry_run`` nothing).
+    """
     argv = extract_argv(
         conn.repo, name, paths, strip_components=strip_components, dry_run=dry_run, **conn.argv_kwargs()
     )
-    return conn.run(argv, cwd=dest, archive=name).warnings
+    out = conn.run(argv, cwd=dest, archive=name)
+    damaged = damaged_items(out.rc, out.logs)
+    if damaged:
+        shown = ", ".join(damaged[:DAMAGED_SHOWN]) + (
+            f" (and {len(damaged) - DAMAGED_SHOWN} more)" if len(damaged) > DAMAGED_SHOWN else ""
+        )
+        raise BorgError(
+            f"damaged data in {conn.repo}::{name}: borg extract{' --dry-run' if dry_run else ''} reported "
+            f"{len(damaged)} file(s) whose data is not what was archived (all-zero replacement chunks or a size "
+            f"inconsistency, borg rc {out.rc}): {shown}. "
+            + ("" if dry_run else f"They were written into {dest} with zeros where data was lost; do not trust them. ")
+            + "Run `borg check --verify-data` on the repository; a new backup of the same data heals the chunks "
+            "(`borg check --repair` afterwards), older archives stay damaged",
+            cause="damaged_data",
+            rc=out.rc,
+            msgid="DamagedData",
+            repo=conn.repo,
+            details=damaged + out.warnings,
+            secrets=conn.secrets,
+        )
+    return out.warnings
 
 
 def export_key(conn: BorgRepo, path: str) -> list:

@@ -4,7 +4,7 @@
 
 layer 0: may import nothing of grus.backup (standard library only; prometheus_client when installed).
 
-Private to grus.backup. Every scheduled job (sync, backup and prune, check, verify-data) collects
+Private to grus.backup. Every scheduled job (sync, backup and prune, check, verify-data, restore drill) collects
 its samples here in plain dicts and writes them at its end, in one file per job
 (``<dir>/grus_backup_<task>.prom``), through ``prometheus_client.write_to_textfile``: a temporary
 file renamed over the old one, so node_exporter never reads half a file. The library is imported
@@ -70,6 +70,25 @@ METRICS = {
     "grus_backup_sync_transferred_bytes": ("Bytes the last sync sent.", ("client",)),
     "grus_backup_sync_deleted_files": ("Files the last sync deleted on the key holder.", ("client",)),
     "grus_backup_sync_volumes": ("Volumes the last sync sent.", ("client",)),
+    # The restore drill (grus-backup-run --drill): the sample of the newest recorded archive, restored and compared.
+    "grus_backup_drill_last_success_timestamp_seconds": (
+        "When a restore drill last passed (Unix time); kept across failed drills.",
+        ARCHIVE,
+    ),
+    "grus_backup_drill_result": (
+        "1 for the result of the last restore drill (passed, mismatch, missing, damaged, no_record, error, "
+        "nothing_verified).",
+        ("repository", "prefix", "result"),
+    ),
+    "grus_backup_drill_files": ("Files in the sample the last restore drill checked.", ARCHIVE),
+    "grus_backup_drill_verified_files": ("Files the last restore drill restored byte-identical (SHA-256).", ARCHIVE),
+    "grus_backup_drill_changed_files": (
+        "Sampled files that changed between sampling and archiving (not verified, not a failure).",
+        ARCHIVE,
+    ),
+    "grus_backup_drill_bytes": ("Bytes the last restore drill restored and hashed.", ARCHIVE),
+    "grus_backup_drill_duration_seconds": ("How long the last restore drill's extract and comparison took.", ARCHIVE),
+    "grus_backup_drill_archive_timestamp_seconds": ("Time of the archive the last restore drill restored.", ARCHIVE),
     # The repository host (no key): the compaction job.
     "grus_backup_repository_size_bytes": ("Bytes the repository takes on disk.", ("repository",)),
     "grus_backup_repository_free_bytes": ("Free bytes on the repository's file system.", ("repository",)),
@@ -105,12 +124,24 @@ def file_name(task: str, instance: str = "") -> str:
 
 def previous_success(path: str) -> float | None:
     """The last success time in the job's previous file (one job per file), or None."""
+    return previous_value(path, "grus_backup_job_last_success_timestamp_seconds")
+
+
+def previous_value(path: str | None, name: str) -> float | None:
+    """The first sample of ``name`` in the job's previous file (a gauge kept across runs), or None."""
+    if not path:
+        return None
+    pattern = _SUCCESS_RE if name == "grus_backup_job_last_success_timestamp_seconds" else _sample_re(name)
     try:
         with open(path, encoding="utf-8") as handle:
-            match = _SUCCESS_RE.search(handle.read())
+            match = pattern.search(handle.read())
     except OSError:
         return None
     return float(match.group("value")) if match else None
+
+
+def _sample_re(name: str):
+    return re.compile(rf"^{re.escape(name)}(?:\{{[^}}]*\}})? (?P<value>[0-9.e+]+)$", re.MULTILINE)
 
 
 class JobMetrics:

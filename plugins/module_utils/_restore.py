@@ -4,7 +4,8 @@
 
 layer 6: may import _borg_failures, _borg_validate, _borg_parse, _borg_repo.
 
-Used by the modules only (the scheduled job never restores, and does not ship this file).
+Used by the modules only (the scheduled job restores only in its drill, ``_restore_drill``, and does
+not ship this file).
 """
 
 from __future__ import annotations

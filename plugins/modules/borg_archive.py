@@ -186,6 +186,12 @@ notes:
   - A restore into an empty O(dest) runs C(borg extract) alone (borg checks every chunk it restores) and
     counts the restored files and bytes on disk; into a non-empty O(dest) the archive's item list is read
     first (streamed, a few fields per item) to compare and, afterwards, to verify what was written.
+  - V(extracted) fails (C(cause=damaged_data)), also in check mode, when borg reports damaged data, which borg
+    itself treats only as a warning (rc 1) - a file whose lost chunks a C(borg check --repair) replaced with
+    zeros (borg 1.2 logs "File has damaged (all-zero) chunks", borg 1.4.0 only "backup error"), or a size
+    inconsistency. The message names the damaged files (the first 20; all in C(borg_messages)). Borg has
+    written them into O(dest) with zeros where data was lost, so they must not be trusted; run
+    C(borg check --verify-data), and restore those files from an older archive if one holds them intact.
   - V(pruned) refuses (and deletes nothing) when the newest matching archive lies more than five minutes in
     the future, because then this host's clock went backwards and a O(keep_within) window would slide.
   - V(present) does not list the repository before creating; borg itself refuses an existing archive
