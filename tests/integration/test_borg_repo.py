@@ -266,5 +266,5 @@ def test_key_taken_back_from_escrow_on_a_rebuilt_host(run_module, tmp_path, borg
     for result in (missing, wrong, check, apply, again):
         assert passphrase not in result.stdout + result.stderr
     # the passphrase still guards the imported key
-    refused = run_module("borg_repo", dict(args, passphrase="not-the-passphrase-at-all"))
+    refused = run_module("borg_repo", dict(args, passphrase="wrong-" + secrets.token_hex(8)))
     assert refused.failed and refused.result["cause"] == "wrong_passphrase"

@@ -18,6 +18,7 @@ from helpers import borg_cli
 
 PLAYBOOK = REPO_ROOT / "playbooks" / "rotate_passphrase.yml"
 HOST = "localhost"
+VAULT_VARIABLE = "vault_key_holder_passphrase"
 
 
 class KeyHolder:
@@ -48,7 +49,7 @@ class KeyHolder:
             "key_holder_passphrase_file": str(self.passfile),
             "key_holder_key_export": str(self.export),
             "key_holder_escrow_dir": str(self.escrow),
-            "key_holder_passphrase_reference": "vault_key_holder_passphrase",
+            "key_holder_passphrase_reference": VAULT_VARIABLE,
             "key_holder_lock_wait": 5,
         }
         inventory.write_text(json.dumps({"key_holder": {"hosts": {HOST: host_vars}}}))
@@ -84,16 +85,26 @@ def fingerprint(*paths: Path) -> dict:
     return {str(p): (p.read_bytes(), p.stat().st_mode) for p in paths if p.exists()}
 
 
-def test_rotation_changes_the_passphrase_updates_escrow_and_proves_it(tmp_path):
+def passphrase() -> str:
+    return "grus-rot-" + secrets.token_hex(10)
+
+
+def deployed(tmp_path: Path, current: str) -> tuple[KeyHolder, Path]:
+    """A key holder as the role leaves it: a keyfile repository with one archive, the passphrase file (0400)."""
     kh = KeyHolder(tmp_path)
-    old, new, third = ("grus-rot-" + secrets.token_hex(10) for _ in range(3))
-    kh.borg(["init", "--encryption", "keyfile-blake2", str(kh.repo)], old)
+    kh.borg(["init", "--encryption", "keyfile-blake2", str(kh.repo)], current)
     src = tmp_path / "src"
     src.mkdir()
     (src / "f").write_text("data")
-    kh.borg(["create", f"{kh.repo}::before-rotation", str(src)], old)
-    kh.write_passphrase(old)
+    kh.borg(["create", f"{kh.repo}::before-rotation", str(src)], current)
+    kh.write_passphrase(current)
     (keyfile,) = (kh.home / ".config" / "borg" / "keys").iterdir()
+    return kh, keyfile
+
+
+def test_rotation_changes_the_passphrase_updates_escrow_and_proves_it(tmp_path):
+    old, new = passphrase(), passphrase()
+    kh, keyfile = deployed(tmp_path, old)
     before = fingerprint(kh.passfile, keyfile)
 
     # Check mode: reports the rotation, changes nothing, escrows nothing.
@@ -115,7 +126,8 @@ def test_rotation_changes_the_passphrase_updates_escrow_and_proves_it(tmp_path):
     # The escrow bundle: the re-exported key (it opens the repository with the new passphrase on a host that
     # has no key), the repository, and the passphrase's reference, never a passphrase.
     description, escrowed = kh.bundle()
-    assert description["repository"] == str(kh.repo) and description["passphrase_reference"] == "vault_key_holder_passphrase"
+    assert description["repository"] == str(kh.repo)
+    assert description["passphrase_reference"] == VAULT_VARIABLE
     assert escrowed.read_bytes() == kh.export.read_bytes()
     for path in (kh.escrow / HOST, escrowed, escrowed.parent / "escrow.yml"):
         assert oct(path.stat().st_mode & 0o777) in ("0o700", "0o600"), path
@@ -135,8 +147,12 @@ def test_rotation_changes_the_passphrase_updates_escrow_and_proves_it(tmp_path):
         rc, stats, out = kh.play(new, check=check)
         assert rc == 0 and stats["changed"] == 0 and stats["failures"] == 0, out
 
-    # A run that died after borg changed the key, before the rename: the file still holds `new`, the key
-    # wants `third`. Running the playbook again with `third` finishes it.
+
+def test_a_rotation_that_died_half_way_is_finished_by_the_next_run(tmp_path):
+    """The run died after borg changed the key, before the rename: the file still holds `new`, the key wants
+    `third`. Running the playbook again with `third` finishes it; a passphrase that opens nothing is refused."""
+    new, third = passphrase(), passphrase()
+    kh, keyfile = deployed(tmp_path, new)
     Path(f"{kh.passfile}.new").write_text(third)
     env = dict(os.environ, BORG_PASSPHRASE=new, BORG_NEW_PASSPHRASE=third, BORG_BASE_DIR=str(kh.home))
     subprocess.run(["borg", "key", "change-passphrase", str(kh.repo)], env=env, check=True, capture_output=True)
@@ -145,22 +161,20 @@ def test_rotation_changes_the_passphrase_updates_escrow_and_proves_it(tmp_path):
     assert rc == 0 and stats["failures"] == 0, out
     assert kh.passfile.read_text() == third
     assert kh.borg(["list", "--short", str(kh.repo)], third).stdout.split() == ["before-rotation"]
-    description, escrowed = kh.bundle()
+    _, escrowed = kh.bundle()
     assert escrowed.read_bytes() == kh.export.read_bytes()
 
     # A new passphrase that opens nothing while the one in force is refused: refused, nothing changed.
     kh.write_passphrase(new)
     state = fingerprint(kh.passfile, keyfile, escrowed)
-    rc, stats, out = kh.play("grus-rot-" + secrets.token_hex(10))
+    rc, _stats, out = kh.play(passphrase())
     assert rc != 0 and "Neither the passphrase in" in out
     assert fingerprint(kh.passfile, keyfile, escrowed) == state
 
 
 def test_a_short_new_passphrase_is_refused_and_nothing_changes(tmp_path):
-    kh = KeyHolder(tmp_path)
-    old = "grus-rot-" + secrets.token_hex(10)
-    kh.borg(["init", "--encryption", "keyfile-blake2", str(kh.repo)], old)
-    kh.write_passphrase(old)
-    rc, stats, out = kh.play("short")
+    old = passphrase()
+    kh, _ = deployed(tmp_path, old)
+    rc, _stats, out = kh.play("short")
     assert rc != 0 and "12 characters or more" in out
     assert kh.passfile.read_text() == old and not kh.escrow.exists()
