@@ -251,7 +251,7 @@ def test_key_taken_back_from_escrow_on_a_rebuilt_host(run_module, tmp_path, borg
 
     to_import.write_bytes(escrow.read_bytes())
     to_import.chmod(0o600)
-    check, apply, again, _ = idempotent(run_module, args)
+    check, apply, again = idempotent(run_module, args)[:3]
     assert check.result["key_imported"] is True and check.result["archives"] == []
     assert apply.result["key_imported"] is True and apply.result["created"] is False
     assert again.result["key_imported"] is False

@@ -161,7 +161,7 @@ def test_a_rotation_that_died_half_way_is_finished_by_the_next_run(tmp_path):
     assert rc == 0 and stats["failures"] == 0, out
     assert kh.passfile.read_text() == third
     assert kh.borg(["list", "--short", str(kh.repo)], third).stdout.split() == ["before-rotation"]
-    _, escrowed = kh.bundle()
+    escrowed = kh.bundle()[1]
     assert escrowed.read_bytes() == kh.export.read_bytes()
 
     # A new passphrase that opens nothing while the one in force is refused: refused, nothing changed.
@@ -174,7 +174,7 @@ def test_a_rotation_that_died_half_way_is_finished_by_the_next_run(tmp_path):
 
 def test_a_short_new_passphrase_is_refused_and_nothing_changes(tmp_path):
     old = passphrase()
-    kh, _ = deployed(tmp_path, old)
+    kh = deployed(tmp_path, old)[0]
     rc, _stats, out = kh.play("short")
     assert rc != 0 and "12 characters or more" in out
     assert kh.passfile.read_text() == old and not kh.escrow.exists()
