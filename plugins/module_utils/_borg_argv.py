@@ -226,6 +226,11 @@ def key_export_argv(repo, path, *, borg="borg", lock_wait=None) -> list:
     return borg_argv(["key", "export", "--", repo, str(path)], borg=borg, lock_wait=lock_wait)
 
 
+def key_import_argv(repo, path, *, borg="borg", lock_wait=None) -> list:
+    """``borg key import REPO PATH``: a key export (of this repository: borg checks its id) into the keys dir."""
+    return borg_argv(["key", "import", "--", repo, str(path)], borg=borg, lock_wait=lock_wait)
+
+
 def config_argv(repo, key, value=None, *, delete=False, borg="borg", lock_wait=None) -> list:
     """``borg config`` to read (no value), set, or ``delete`` a repository setting."""
     command = ["config"] + (["--delete"] if delete else []) + ["--", repo, key]

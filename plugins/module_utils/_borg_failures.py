@@ -91,6 +91,13 @@ FAILURES = (
         rcs=(40, 41),
     ),
     Failure(
+        "key_import_mismatch",
+        "the key file to import is not a borg key export of repository {repo} (another repository's key, "
+        "or not a key export at all); nothing was imported",
+        msgids=("RepoIdMismatch", "NotABorgKeyFile"),
+        rcs=(43, 45),
+    ),
+    Failure(
         "archive_missing",
         "archive {archive} does not exist in repository {repo}",
         msgids=("Archive.DoesNotExist",),

@@ -27,6 +27,7 @@ from ._borg_argv import (
     host_key_probe_argv,
     init_argv,
     key_export_argv,
+    key_import_argv,
     list_argv,
     prune_argv,
 )
@@ -395,6 +396,11 @@ def extract(conn: BorgRepo, name: str, dest: str, paths=(), strip_components=0, 
 def export_key(conn: BorgRepo, path: str) -> list:
     """``borg key export`` to ``path``; returns warnings."""
     return conn.run(key_export_argv(conn.repo, path, **conn.argv_kwargs())).warnings
+
+
+def import_key(conn: BorgRepo, path: str) -> list:
+    """``borg key import`` from ``path`` (a key export of this repository); returns warnings."""
+    return conn.run(key_import_argv(conn.repo, path, **conn.argv_kwargs())).warnings
 
 
 def set_repo_config(conn: BorgRepo, key: str, value=None, delete=False) -> list:

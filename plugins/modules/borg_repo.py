@@ -71,6 +71,17 @@ options:
       - The export is still protected by the passphrase; keep both, apart.
       - Fails for O(encryption=none), which has no key.
     type: path
+  key_import:
+    description:
+      - A key export of this repository on the managed host (for example the key holder's escrow copy, brought
+        back to a rebuilt host), imported with C(borg key import) when the repository exists and this host has
+        no key for it (keyfile modes). Borg checks that the file belongs to this repository.
+      - Nothing happens when this host has the key already, or when the repository does not exist yet (it is
+        created as usual). An existing repository is never initialised again.
+      - When this host has no key and the file does not exist, the module fails and names both.
+      - The key export is still protected by the passphrase; the passphrase comes from O(passphrase) or
+        O(passcommand), never from the file.
+    type: path
 notes:
   - Key material is never returned; only the path of the exported file.
 seealso:
@@ -189,6 +200,11 @@ key_export:
   returned: when O(key_export) is set
   type: str
   sample: /root/borg-key-antigone.export
+key_imported:
+  description: Whether the key was (or in check mode would be) imported from O(key_import) by this run.
+  returned: always
+  type: bool
+  sample: false
 """
 
 import os
@@ -206,6 +222,7 @@ from ansible_collections.grus.backup.plugins.module_utils._borg_parse import con
 from ansible_collections.grus.backup.plugins.module_utils._borg_repo import (
     BorgRepo,
     export_key,
+    import_key,
     init_repository,
     read_local_repo_config,
     repo_info,
@@ -224,6 +241,7 @@ def argument_spec() -> dict:
         append_only={"type": "bool"},
         storage_quota={"type": "str"},
         key_export={"type": "path"},
+        key_import={"type": "path"},
     )
 
 
@@ -249,6 +267,29 @@ def read_repository(conn: BorgRepo, warnings: list) -> dict | None:
             f"{conn.repo} is a non-empty directory that is not a borg repository; refusing to touch it",
             "not_a_repository",
         ) from exc
+
+
+def read_or_import_key(conn: BorgRepo, params: dict, check_mode: bool, warnings: list, before: dict) -> tuple:
+    """``(info, imported)``: the repository read; when it exists but this host has no key for it, the key
+    imported from ``key_import`` first (``info`` None in check mode, where nothing is imported)."""
+    path = params.get("key_import")
+    try:
+        return read_repository(conn, warnings), False
+    except BorgError as exc:
+        if exc.cause != "keyfile_missing" or not path:
+            raise
+        if not os.path.isfile(path):
+            raise conn.refuse(
+                f"repository {conn.repo} exists but this host has no key for it, and there is no key export to "
+                f"import at {path}: bring the key back from escrow (a repository that exists is never initialised "
+                "again)",
+                "keyfile_missing",
+            ) from exc
+    before["key"] = "missing"
+    if check_mode:
+        return None, True
+    warnings += import_key(conn, path)
+    return repo_info(conn), True
 
 
 def local_settings(conn: BorgRepo) -> dict:
@@ -300,9 +341,14 @@ def write_key(path: str, key: bytes) -> None:
 
 
 def create_or_check(conn: BorgRepo, params: dict, check_mode: bool, warnings: list, before: dict) -> tuple:
-    """``(info, created)``: the existing repository checked, or a new one made (``info`` None in check mode)."""
+    """``(info, created, imported)``: the existing repository checked (its key imported from ``key_import``
+    when this host has none), or a new one made (``info`` None in check mode)."""
     encryption = params["encryption"]
-    info = read_repository(conn, warnings)
+    info, imported = read_or_import_key(conn, params, check_mode, warnings, before)
+    if imported:
+        before["exists"] = True
+        if info is None:  # check mode: the key would be imported; the repository cannot be read before that
+            return None, False, True
     if info is None:
         if encryption != "none" and not (conn.passphrase or conn.passcommand):
             raise conn.refuse(
@@ -311,11 +357,11 @@ def create_or_check(conn: BorgRepo, params: dict, check_mode: bool, warnings: li
             )
         before["exists"] = False
         if check_mode:
-            return None, True
+            return None, True, False
         warnings += init_repository(
             conn, encryption, append_only=bool(params["append_only"]), storage_quota=params["storage_quota"]
         )
-        return repo_info(conn), True
+        return repo_info(conn), True, False
     if info["encryption"] != encryption:
         raise conn.refuse(
             f"repository {conn.repo} exists with encryption {info['encryption']}, not {encryption}; "
@@ -323,7 +369,7 @@ def create_or_check(conn: BorgRepo, params: dict, check_mode: bool, warnings: li
             "encryption_mismatch",
         )
     before.update(exists=True, encryption=info["encryption"])
-    return info, False
+    return info, False, imported
 
 
 def reconcile_settings(
@@ -388,7 +434,7 @@ def ensure_repository(conn: BorgRepo, params: dict, check_mode: bool) -> dict:
     version = cached_borg_version(conn.borg)
     warnings = []
     before = {}
-    info, created = create_or_check(conn, params, check_mode, warnings, before)
+    info, created, imported = create_or_check(conn, params, check_mode, warnings, before)
     settings, settings_changed = reconcile_settings(conn, params, quota_bytes, check_mode, created, before)
     if (
         not conn.local_path
@@ -400,8 +446,10 @@ def ensure_repository(conn: BorgRepo, params: dict, check_mode: bool) -> dict:
             "and change them only on the repository host (which enforces append-only with borg serve --append-only)"
         )
     after = {"exists": True, "encryption": encryption}
+    if imported:
+        after["key"] = "imported"
     after.update({k: v for k, v in settings.items() if v is not None})
-    changed = created or settings_changed
+    changed = created or imported or settings_changed
     key_path = params["key_export"]
     if key_path:
         changed = reconcile_key_export(conn, params, info, created, check_mode, before) or changed
@@ -416,6 +464,7 @@ def ensure_repository(conn: BorgRepo, params: dict, check_mode: bool) -> dict:
         "borg_version": version,
         "archives": info.get("archives", []),
         "created": created,
+        "key_imported": imported,
         "append_only": settings["append_only"],
         "storage_quota": settings["storage_quota"],
         "warnings": warnings + info.get("warnings", []),

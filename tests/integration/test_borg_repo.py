@@ -211,3 +211,60 @@ def test_state_absent_is_refused(run_module, tmp_path, borg_home, passphrase):
     result = run_module("borg_repo", {"repo": str(repo), "passphrase": passphrase, "state": "absent"})
     assert result.failed and "does not delete repositories" in result.result["msg"]
     assert snapshot(repo) == before
+
+
+def test_key_taken_back_from_escrow_on_a_rebuilt_host(run_module, tmp_path, borg_home, passphrase, sshd):
+    """A key holder rebuilt from nothing: the repository exists (over SSH), the host has no key. Without an
+    escrow copy the module fails and names both, changing nothing; with one it imports the key (check ->
+    apply -> apply again -> check) and the archives list again; another repository's key is refused."""
+    path = tmp_path / "remote-repo"
+    repo = f"ssh://{sshd.user}@127.0.0.1:{sshd.port}{path}"
+    escrow = tmp_path / "escrow.borgkey"
+    base = {"repo": repo, "passphrase": passphrase, "rsh": sshd.rsh, "lock_wait": 5}
+    made = run_module("borg_repo", dict(base, base_dir=str(borg_home), key_export=str(escrow)))
+    assert made.result["created"] is True, made.result
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_text("data")
+    borg_cli(["create", f"{repo}::before-the-fire", str(src)], passphrase, borg_home, rsh=sshd.rsh)
+
+    fresh = tmp_path / "fresh-home"
+    fresh.mkdir()
+    to_import = tmp_path / "taken-back.borgkey"
+    args = dict(base, base_dir=str(fresh), key_import=str(to_import), key_export=str(to_import))
+    repository = snapshot(path)
+
+    missing = run_module("borg_repo", args)
+    assert missing.failed and missing.result["cause"] == "keyfile_missing", missing.result
+    assert "no key export to import at " + str(to_import) in missing.result["msg"]
+    assert "never initialised again" in missing.result["msg"]
+    keys = fresh / ".config" / "borg" / "keys"
+    assert snapshot(path) == repository and not (keys.exists() and list(keys.iterdir()))
+
+    other = tmp_path / "other"
+    other_key = tmp_path / "other.borgkey"
+    run_module("borg_repo", {"repo": str(other), "passphrase": passphrase, "base_dir": str(borg_home)})
+    borg_cli(["key", "export", str(other), str(other_key)], passphrase, borg_home)
+    wrong = run_module("borg_repo", dict(args, key_import=str(other_key)))
+    assert wrong.failed and wrong.result["cause"] == "key_import_mismatch", wrong.result
+    assert snapshot(path) == repository
+
+    to_import.write_bytes(escrow.read_bytes())
+    to_import.chmod(0o600)
+    check, apply, again = idempotent(run_module, args)[:3]
+    assert check.result["key_imported"] is True and check.result["archives"] == []
+    assert apply.result["key_imported"] is True and apply.result["created"] is False
+    assert again.result["key_imported"] is False
+    assert [a["name"] for a in again.result["archives"]] == ["before-the-fire"]
+    assert apply.result["diff"]["before"] == {
+        "key": "missing",
+        "exists": True,
+        "encryption": "keyfile-blake2",
+        "key_export": "current",  # the export of the imported key is the file itself, byte for byte
+    }
+    assert snapshot(path) == repository  # importing a key writes nothing into the repository
+    for result in (missing, wrong, check, apply, again):
+        assert passphrase not in result.stdout + result.stderr
+    # the passphrase still guards the imported key
+    refused = run_module("borg_repo", dict(args, passphrase="wrong-" + secrets.token_hex(8)))
+    assert refused.failed and refused.result["cause"] == "wrong_passphrase"
