@@ -6,8 +6,9 @@ layer 0: may import nothing of grus.backup (standard library only; prometheus_cl
 
 Private to grus.backup. Every scheduled job (sync, backup and prune, check, verify-data, restore drill) collects
 its samples here in plain dicts and writes them at its end, in one file per job
-(``<dir>/grus_backup_<task>.prom``), through ``prometheus_client.write_to_textfile``: a temporary
-file renamed over the old one, so node_exporter never reads half a file. The library is imported
+(``<dir>/grus_backup_<task>.prom``), in ``prometheus_client``'s text format: a temporary file, made
+0644 before it is renamed over the old one, so node_exporter (its own user) never reads half a file
+and can read it whatever the unit's ``UMask=`` (the hardened units run with 0077). The library is imported
 only when writing: a host without it (Debian: ``python3-prometheus-client``) still runs its
 backups; the job logs a clear warning and its exit status is unchanged, and the
 ``GrusBackupMetricsStale`` alert sees the file age.
@@ -25,9 +26,11 @@ job's previous file.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import sys
+import tempfile
 import time
 
 DEFAULT_TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"
@@ -187,9 +190,9 @@ class JobMetrics:
 
 
 def write(path: str, samples: dict) -> list:
-    """Write ``samples`` ({name: [(labels, value)]}) atomically to ``path``; warnings, never raises."""
+    """Write ``samples`` ({name: [(labels, value)]}) atomically to ``path``, mode 0644; warnings, never raises."""
     try:
-        from prometheus_client import CollectorRegistry, Gauge, write_to_textfile  # noqa: PLC0415
+        from prometheus_client import CollectorRegistry, Gauge, generate_latest  # noqa: PLC0415
     except ImportError:
         return [
             f"no metrics written to {path}: the Python library prometheus_client is not installed "
@@ -201,9 +204,18 @@ def write(path: str, samples: dict) -> list:
         gauge = Gauge(name, description, labels, registry=registry)
         for label_values, value in rows:
             (gauge.labels(**label_values) if labels else gauge).set(value)
+    tmp = None
     try:
-        write_to_textfile(path, registry)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=f".{os.path.basename(path)}.")
+        with os.fdopen(fd, "wb") as handle:
+            # node_exporter runs as its own user: readable by all, whatever the umask (UMask=0077 in the units).
+            os.fchmod(handle.fileno(), 0o644)
+            handle.write(generate_latest(registry))
+        os.replace(tmp, path)
     except OSError as exc:
+        if tmp:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
         return [f"no metrics written to {path}: {exc}"]
     return []
 

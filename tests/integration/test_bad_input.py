@@ -241,6 +241,40 @@ def test_key_holder_role_refuses_a_zero_retention_at_deploy(tmp_path, retention,
         assert f"key_holder_retention={retention} is not a positive interval" in proc.stdout
 
 
+@pytest.mark.parametrize(
+    ("extra", "hidden"),
+    [
+        ({"key_holder_export_dir": "/home/grus/export"}, "/home/grus/export"),
+        ({"key_holder_local_repository": "/root/repo"}, "/root/repo"),
+        ({"key_holder_sources": [{"path": "/run/user/0/data"}]}, "/run/user/0/data"),
+        ({"key_holder_export_dir": "/srv/homework"}, None),
+    ],
+)
+def test_key_holder_role_refuses_paths_its_hardened_units_cannot_see(tmp_path, extra, hidden):
+    playbook = tmp_path / "checks.yml"
+    checks = REPO_ROOT / "roles" / "key_holder" / "tasks" / "checks.yml"
+    playbook.write_text(
+        f"- hosts: localhost\n  gather_facts: false\n  tasks:\n    - ansible.builtin.import_tasks: {checks}\n"
+    )
+    defaults = {
+        "key_holder_retention": "14d",
+        "key_holder_export_dir": "/srv/grus/export",
+        "key_holder_local_repository": "/srv/borg-local/repo",
+        "key_holder_sources": [],
+    }
+    proc = subprocess.run(
+        ["ansible-playbook", "-i", "localhost,", "-c", "local", "-e", json.dumps({**defaults, **extra}), str(playbook)],
+        env=ansible_env(tmp_path),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert (proc.returncode == 0) is (hidden is None), proc.stdout + proc.stderr
+    if hidden:
+        assert f"{hidden}: under /root, /home or /run/user" in proc.stdout
+
+
 # ---- 10: a changed repository host key ---------------------------------------------------------------
 
 

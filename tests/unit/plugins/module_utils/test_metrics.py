@@ -3,6 +3,8 @@ never breaks a job; the ping client: the URL scheme, and a failed ping is a warn
 
 from __future__ import annotations
 
+import os
+import stat
 import sys
 import urllib.error
 
@@ -36,6 +38,20 @@ def test_a_failed_run_keeps_the_last_success(tmp_path):
     assert 'grus_backup_job_exit_status{repository="",task="backup"} 2.0' in text
     assert 'grus_backup_job_duration_seconds{repository="",task="backup"} 5.0' in text
     assert [p.name for p in tmp_path.iterdir()] == ["grus_backup_backup.prom"]  # no temporary file left
+
+
+def test_the_file_is_readable_by_node_exporter_whatever_the_umask(tmp_path):
+    # The hardened units run with UMask=0077; node_exporter reads the file as its own user.
+    old = os.umask(0o077)
+    try:
+        assert _metrics.JobMetrics("check", str(tmp_path)).finish(0) == []
+        path, warnings = _metrics.unit_failed(str(tmp_path), "grus-backup-check")
+    finally:
+        os.umask(old)
+    assert warnings == []
+    for name in ("grus_backup_check.prom", os.path.basename(path)):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["grus_backup_check.prom", os.path.basename(path)])
 
 
 def test_a_missing_library_is_a_warning_not_a_crash(tmp_path, monkeypatch):
