@@ -47,6 +47,15 @@ METRICS = {
     "grus_backup_job_duration_seconds": ("How long the job's last run took.", JOB),
     "grus_backup_job_exit_status": ("The job's last exit status: 0 ok, 1 done with warnings, 2 error.", JOB),
     "grus_backup_job_warnings": ("Warnings of the job's last run.", JOB),
+    "grus_backup_check_yielded": (
+        "1 when the check's last run let go of the repository for a backup (not complete, not an error).",
+        JOB,
+    ),
+    "grus_backup_check_last_complete_timestamp_seconds": (
+        "When a check last covered the whole repository (and every archive) and passed (Unix time); "
+        "kept across runs, the first run's start while none completed yet.",
+        JOB,
+    ),
     "grus_backup_archives": ("Archives of this prefix in the repository after the last prune.", ARCHIVE),
     "grus_backup_archive_original_bytes": ("Original size of the last archive.", ARCHIVE),
     "grus_backup_archive_compressed_bytes": ("Compressed size of the last archive.", ARCHIVE),
@@ -92,9 +101,6 @@ METRICS = {
     "grus_backup_unit_failed_timestamp_seconds": ("When the systemd unit last failed (Unix time).", ("unit",)),
 }
 
-_SUCCESS_RE = re.compile(
-    r"^grus_backup_job_last_success_timestamp_seconds\{[^}]*\} (?P<value>[0-9.e+]+)$", re.MULTILINE
-)
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9_.@-]")
 
 
@@ -103,14 +109,21 @@ def file_name(task: str, instance: str = "") -> str:
     return f"grus_backup_{task}{'_' + _SAFE_NAME.sub('_', instance) if instance else ''}.prom"
 
 
-def previous_success(path: str) -> float | None:
-    """The last success time in the job's previous file (one job per file), or None."""
+def previous_value(path: str | None, name: str) -> float | None:
+    """The value of ``name`` in the job's previous file (one job, one sample per file), or None."""
+    if not path:
+        return None
     try:
         with open(path, encoding="utf-8") as handle:
-            match = _SUCCESS_RE.search(handle.read())
+            match = re.search(rf"^{re.escape(name)}(?:\{{[^}}]*\}})? (?P<value>[0-9.e+]+)$", handle.read(), re.MULTILINE)
     except OSError:
         return None
     return float(match.group("value")) if match else None
+
+
+def previous_success(path: str) -> float | None:
+    """The last success time in the job's previous file (one job per file), or None."""
+    return previous_value(path, "grus_backup_job_last_success_timestamp_seconds")
 
 
 class JobMetrics:
