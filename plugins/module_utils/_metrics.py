@@ -96,6 +96,10 @@ METRICS = {
         ("repository",),
     ),
     "grus_backup_compaction_held": ("1 while compaction is held.", ("repository",)),
+    "grus_backup_compaction_deferred": (
+        "1 when the last due compaction was deferred: a backup was about to start.",
+        ("repository",),
+    ),
     "grus_backup_authorized_keys_ok": ("1 when authorized_keys is what Ansible wrote, 0 when it differs.", ()),
     "grus_backup_unit_failed": ("1: the systemd unit failed (written by grus-backup-alert@).", ("unit",)),
     "grus_backup_unit_failed_timestamp_seconds": ("When the systemd unit last failed (Unix time).", ("unit",)),
