@@ -535,9 +535,7 @@ def check_repository(config: JobConfig, conn: BorgRepo, verify_data: bool, repor
         report.check_complete = True
         return
     started = time.monotonic()
-    out = conn.run(
-        check_argv(config.repo, repository_only=True, max_duration=config.check_max_duration, **kwargs)
-    )
+    out = conn.run(check_argv(config.repo, repository_only=True, max_duration=config.check_max_duration, **kwargs))
     report.warnings.extend(out.warnings)
     complete = repository_pass_complete(out.logs, time.monotonic() - started, config.check_max_duration)
     report.check_notes.append(

@@ -30,6 +30,7 @@ SIGKILL), so a crashed check never blocks a backup, and a stale pid in the file 
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import signal
@@ -169,10 +170,8 @@ def ask_check_to_yield(
         pid, task = read_holder(fd)
         start = clock()
         if pid and pid != os.getpid() and is_job(pid):
-            try:
+            with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
                 kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
         stopped = _lock(fd, fcntl.LOCK_SH, wait_seconds, clock=clock, sleep=sleep)
         if stopped:
             fcntl.flock(fd, fcntl.LOCK_UN)
@@ -202,11 +201,9 @@ class Yielder:
     def _stop_child(self) -> None:
         child = self.child
         if child is not None and child.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 child.send_signal(signal.SIGTERM)
                 child.send_signal(signal.SIGCONT)
-            except ProcessLookupError:
-                pass
 
     def run(self, argv, env=None, cwd=None, timeout=None, stdin_data=None, inherit_env=True, secrets=()):
         argv = _checked_argv(argv, secrets)

@@ -119,7 +119,8 @@ def previous_value(path: str | None, name: str) -> float | None:
         return None
     try:
         with open(path, encoding="utf-8") as handle:
-            match = re.search(rf"^{re.escape(name)}(?:\{{[^}}]*\}})? (?P<value>[0-9.e+]+)$", handle.read(), re.MULTILINE)
+            text = handle.read()
+        match = re.search(rf"^{re.escape(name)}(?:\{{[^}}]*\}})? (?P<value>[0-9.e+]+)$", text, re.MULTILINE)
     except OSError:
         return None
     return float(match.group("value")) if match else None

@@ -68,9 +68,7 @@ def job(tmp_path):
         env_run = {k: v for k, v in os.environ.items() if not k.startswith("BORG_")}
         env_run["PYTHONPATH"] = str(REPO_ROOT / ".build" / "collections")
         argv = [sys.executable, "-m", JOB_MODULE, "--config", str(config_path), "--metrics-dir", str(metrics)]
-        return subprocess.Popen(
-            [*argv, *extra], env=env_run, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
+        return subprocess.Popen([*argv, *extra], env=env_run, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     def run(*extra):
         proc = start(*extra)
@@ -130,7 +128,9 @@ def test_a_check_running_when_the_backup_starts_yields_and_the_backup_succeeds(j
     check, borg_pid = frozen
     try:
         # A plain borg create cannot get in: the repository lock is really held by the check.
-        blocked = borg(job["env"], "create", "--lock-wait", "1", f"{job['repo']}::blocked", str(job["path"]), check=False)
+        blocked = borg(
+            job["env"], "create", "--lock-wait", "1", f"{job['repo']}::blocked", str(job["path"]), check=False
+        )
         assert blocked.returncode != 0 and "lock" in blocked.stderr.lower(), blocked.stderr
 
         rc, out, err = job["run"]("--no-prune", "--json")

@@ -229,6 +229,10 @@ def hhmm_in(minutes: int) -> str:
     return time.strftime("%H:%M", time.localtime(time.time() + minutes * 60))
 
 
+def deferred_sample(prom: str) -> list:
+    return [line.split()[-1] for line in prom.splitlines() if line.startswith("grus_backup_compaction_deferred{")]
+
+
 def test_a_due_compaction_close_before_a_backup_is_deferred_then_runs_outside_the_window(world, tmp_path):
     """Compaction holds the repository's exclusive lock: one that would start just before a backup waits a day.
 
@@ -242,9 +246,7 @@ def test_a_due_compaction_close_before_a_backup_is_deferred_then_runs_outside_th
     client.borg("delete", f"{client.url}::a")
     before = snapshot(host.repo / "data")
 
-    soon = host.unit_argv(
-        7, 0, repository_host_backup_times=[hhmm_in(10)], repository_host_compact_quiet_minutes=60
-    )
+    soon = host.unit_argv(7, 0, repository_host_backup_times=[hhmm_in(10)], repository_host_compact_quiet_minutes=60)
     deferred = host.run(soon)
     assert deferred.returncode == 0, deferred.stderr
     assert "deferred to the next run" in deferred.stdout
@@ -255,22 +257,15 @@ def test_a_due_compaction_close_before_a_backup_is_deferred_then_runs_outside_th
     )
     assert not host.stamp.exists()
     prom = next((host.base / "textfile").glob("grus_backup_compaction*.prom")).read_text()
-    assert "grus_backup_compaction_deferred{" in prom and prom.count("grus_backup_compaction_deferred{") == 1
-    assert [line for line in prom.splitlines() if line.startswith("grus_backup_compaction_deferred{")][0].endswith(
-        " 1.0"
-    )
+    assert deferred_sample(prom) == ["1.0"]
 
-    later = host.unit_argv(
-        7, 0, repository_host_backup_times=[hhmm_in(180)], repository_host_compact_quiet_minutes=60
-    )
+    later = host.unit_argv(7, 0, repository_host_backup_times=[hhmm_in(180)], repository_host_compact_quiet_minutes=60)
     ran = host.run(later)
     assert ran.returncode == 0, ran.stderr
     assert "compacted" in ran.stdout and "deferred" not in ran.stdout
     assert host.stamp.exists()
     prom = next((host.base / "textfile").glob("grus_backup_compaction*.prom")).read_text()
-    assert [line for line in prom.splitlines() if line.startswith("grus_backup_compaction_deferred{")][0].endswith(
-        " 0.0"
-    )
+    assert deferred_sample(prom) == ["0.0"]
     assert snapshot(host.repo / "data") != before  # this time the deleted archive's space came back
 
 
