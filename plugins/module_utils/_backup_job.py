@@ -538,10 +538,11 @@ def check_repository(config: JobConfig, conn: BorgRepo, verify_data: bool, repor
     out = conn.run(check_argv(config.repo, repository_only=True, max_duration=config.check_max_duration, **kwargs))
     report.warnings.extend(out.warnings)
     complete = repository_pass_complete(out.logs, time.monotonic() - started, config.check_max_duration)
+    told = "borg said so" if pass_said(out.logs) is not None else "by the time it took"
     report.check_notes.append(
-        "repository: the pass reached the last segment"
+        f"repository: the pass reached the last segment ({told})"
         if complete
-        else f"repository: partial pass ({config.check_max_duration} s), the next run resumes where it stopped"
+        else f"repository: partial pass ({config.check_max_duration} s, {told}), the next run resumes where it stopped"
     )
     out = conn.run(check_argv(config.repo, archives_only=True, **kwargs))
     report.warnings.extend(out.warnings)
@@ -552,17 +553,24 @@ def repository_pass_complete(logs, elapsed: float, max_duration: int) -> bool:
     """Did ``borg check --repository-only --max-duration`` reach the last segment this run?
 
     Borg says so at INFO level ("finished segment check" against "finished partial segment
-    check"); a remote ``borg serve`` under a forced command logs at WARNING only, and then the time
-    tells: borg stops a pass only once ``max_duration`` has passed, so a run that took less reached
-    the end. A run that took longer counts as partial (never claim a pass that may not have been).
+    check"), locally and, prefixed "Remote: ", through ``borg serve`` under the forced command
+    (measured with borg 1.4.0). Without either line (another borg, a lost log line) the time tells:
+    borg stops a pass only once ``max_duration`` has passed, so a run that took less reached the
+    end; one that took longer counts as partial (never claim a pass that may not have been).
     """
+    said = pass_said(logs)
+    return elapsed < max_duration if said is None else said
+
+
+def pass_said(logs) -> bool | None:
+    """What borg's INFO line said: True (the last segment), False (partial), None (no such line)."""
     for entry in logs or ():
         message = str(entry.get("message", "")).lower()
         if "finished partial segment check" in message:
             return False
         if "finished segment check" in message:
             return True
-    return elapsed < max_duration
+    return None
 
 
 def record_check(metrics: _metrics.JobMetrics, report: JobReport, rc: int) -> None:

@@ -191,8 +191,7 @@ def check_argv(
     if archives_only:
         command.append("--archives-only")
     if max_duration:
-        # --info: borg says whether the pass reached the last segment (a local repository; a remote
-        # borg serve under a forced command keeps its own log level).
+        # --info: borg says whether the pass reached the last segment (borg serve forwards it too).
         command += ["--info", "--max-duration", str(int(max_duration))]
     return borg_argv([*command, "--", repo], borg=borg, lock_wait=lock_wait)
 

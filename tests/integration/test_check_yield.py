@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import passphrase_file, write_export
+from helpers import passphrase_file, ssh_repo, write_export
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 JOB_MODULE = "ansible_collections.grus.backup.plugins.module_utils._backup_job"
@@ -36,7 +36,22 @@ def borg(env, *args, check=True):
 
 @pytest.fixture
 def job(tmp_path):
-    """An export with some MB of data, an append-only repository with one archive, a job configuration."""
+    """An export with some MB of data, an append-only local repository with one archive, a job configuration."""
+    return make_job(tmp_path)
+
+
+@pytest.fixture
+def remote_job(tmp_path, sshd):
+    """The same through ssh and the repository host's forced command (``borg serve --append-only``)."""
+    repo = tmp_path / "repo"
+    sshd.authorize(f'restrict,command="borg serve --append-only --restrict-to-repository {repo}"')
+    try:
+        yield make_job(tmp_path, sshd)
+    finally:
+        sshd.authorize("")
+
+
+def make_job(tmp_path, sshd=None):
     export = write_export(tmp_path / "export", [("antigone/data/a.txt", "alpha"), ("balearica/app/b.txt", "beta")])
     (export / "balearica" / "app" / "random.bin").write_bytes(os.urandom(8 * 1024 * 1024))
     secret = passphrase_file(tmp_path, PASSPHRASE)
@@ -45,9 +60,14 @@ def job(tmp_path):
     env.update(BORG_KEYS_DIR=str(tmp_path / "keys"))
     env.pop("BORG_PASSPHRASE", None)
     repo = tmp_path / "repo"
-    borg(env, "init", "--encryption", "keyfile-blake2", "--append-only", str(repo))
+    url = str(repo)
+    if sshd:
+        url = ssh_repo(sshd, repo)
+        env["BORG_RSH"] = sshd.rsh
+    borg(env, "init", "--encryption", "keyfile-blake2", "--append-only", url)
     cfg = {
-        "repo": str(repo),
+        "repo": url,
+        "rsh": sshd.rsh if sshd else None,
         "paths": [str(export)],
         "passcommand": f"cat {secret}",
         "base_dir": str(tmp_path / "borgbase"),
@@ -77,7 +97,16 @@ def job(tmp_path):
 
     rc, out, err = run("--no-prune")
     assert rc == 0, out + err
-    return {"start": start, "run": run, "env": env, "repo": repo, "cfg": cfg, "path": config_path, "metrics": metrics}
+    return {
+        "start": start,
+        "run": run,
+        "env": env,
+        "repo": repo,
+        "url": url,
+        "cfg": cfg,
+        "path": config_path,
+        "metrics": metrics,
+    }
 
 
 def children(pid: int) -> list:
@@ -91,6 +120,19 @@ def children(pid: int) -> list:
                 continue
             if int(fields[1]) == pid:
                 found.append(int(entry))
+    return found
+
+
+def serving(repo: Path) -> list:
+    """Pids of ``borg serve`` processes of ``repo`` (the forced command names it)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes() if entry.isdigit() else b""
+        except OSError:
+            continue
+        if b"serve" in cmdline and str(repo).encode() in cmdline:
+            found.append(int(entry))
     return found
 
 
@@ -118,8 +160,12 @@ def frozen_check(job, mode: str):
     return None
 
 
-@pytest.mark.parametrize("mode", ["--verify-data", "--check"])
-def test_a_check_running_when_the_backup_starts_yields_and_the_backup_succeeds(job, mode):
+@pytest.mark.parametrize(
+    ("where", "mode"), [("local", "--verify-data"), ("local", "--check"), ("ssh", "--verify-data")]
+)
+def test_a_check_running_when_the_backup_starts_yields_and_the_backup_succeeds(request, where, mode):
+    """Through ssh the lock is held by the repository host's ``borg serve``: it lets go when the client ends."""
+    job = request.getfixturevalue("job" if where == "local" else "remote_job")
     for _attempt in range(3):  # bounded: a check that ended before the freeze is simply started again
         frozen = frozen_check(job, mode)
         if frozen:
@@ -129,7 +175,7 @@ def test_a_check_running_when_the_backup_starts_yields_and_the_backup_succeeds(j
     try:
         # A plain borg create cannot get in: the repository lock is really held by the check.
         blocked = borg(
-            job["env"], "create", "--lock-wait", "1", f"{job['repo']}::blocked", str(job["path"]), check=False
+            job["env"], "create", "--lock-wait", "1", f"{job['url']}::blocked", str(job["path"]), check=False
         )
         assert blocked.returncode != 0 and "lock" in blocked.stderr.lower(), blocked.stderr
 
@@ -151,32 +197,39 @@ def test_a_check_running_when_the_backup_starts_yields_and_the_backup_succeeds(j
     assert check.returncode == 0, check_out + check_err  # a yield is not an alert by itself
     assert "yielded" in check_out
     prom = (job["metrics"] / f"grus_backup_{task}.prom").read_text()
-    assert f'grus_backup_check_yielded{{repository="{job["repo"]}",task="{task}"}} 1.0' in prom
+    assert f'grus_backup_check_yielded{{repository="{job["url"]}",task="{task}"}} 1.0' in prom
     assert "grus_backup_check_last_complete_timestamp_seconds{" in prom
     # The lock is free, nothing of the check is left, and the repository is sound.
     assert not lock_held(job["repo"])
-    assert not children(check.pid)
+    assert not Path(f"/proc/{borg_pid}").exists()  # the check's borg ended (and was reaped)
+    assert not serving(job["repo"])  # through ssh: no borg serve of this repository is left
     borg(job["env"], "with-lock", "--lock-wait", "1", str(job["repo"]), "true")
-    borg(job["env"], "check", str(job["repo"]))
-    names = [a["name"] for a in json.loads(borg(job["env"], "list", "--json", str(job["repo"])).stdout)["archives"]]
+    borg(job["env"], "check", job["url"])
+    names = [a["name"] for a in json.loads(borg(job["env"], "list", "--json", job["url"]).stdout)["archives"]]
     assert len(names) == 2 and "blocked" not in names
 
     # The next check, with no backup in its way, completes and says so.
     rc, out, err = job["run"](mode)
     assert rc == 0 and "yielded" not in out, out + err
     prom = (job["metrics"] / f"grus_backup_{task}.prom").read_text()
-    assert f'grus_backup_check_yielded{{repository="{job["repo"]}",task="{task}"}} 0.0' in prom
+    assert f'grus_backup_check_yielded{{repository="{job["url"]}",task="{task}"}} 0.0' in prom
 
 
-def test_a_partial_repository_check_resumes_and_completes(job):
-    """check_max_duration: borg check --repository-only --max-duration, then the archives; complete here."""
+@pytest.mark.parametrize("where", ["local", "ssh"])
+def test_a_partial_repository_check_resumes_and_completes(request, where):
+    """check_max_duration: borg check --repository-only --max-duration, then the archives; complete here.
+
+    Through the forced command too (``borg serve --append-only`` accepts the partial check and forwards borg's
+    INFO line that says the pass reached the last segment).
+    """
+    job = request.getfixturevalue("job" if where == "local" else "remote_job")
     job["cfg"]["check_max_duration"] = 3600
     job["path"].write_text(json.dumps(job["cfg"]))
     rc, out, err = job["run"]("--check", "--json")
     assert rc == 0, out + err
     report = json.loads([line for line in out.splitlines() if line.startswith("{")][-1])
     assert report["check_complete"] is True
-    assert "repository: the pass reached the last segment" in report["check_notes"]
+    assert "repository: the pass reached the last segment (borg said so)" in report["check_notes"]
     prom = (job["metrics"] / "grus_backup_check.prom").read_text()
     assert 'grus_backup_check_yielded{repository="' in prom
 
