@@ -2,8 +2,8 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The key holder's scheduled backup run: guards, one archive, guarded prune.
 
-layer 7: may import _config, _marker, _metrics, _ping, _volume_guard, _drill_sample, _borg_argv, _borg_failures,
-_borg_validate, _borg_parse, _borg_version, _borg_repo, _prune, _restore_drill
+layer 7: may import _config, _marker, _metrics, _ping, _volume_guard, _drill_sample, _check_yield, _borg_argv,
+_borg_failures, _borg_validate, _borg_parse, _borg_version, _borg_repo, _prune, _restore_drill
 
 Private to grus.backup and pure standard library. The ``key_holder`` role ships
 this file with the module utilities it imports (and nothing else) as a plain
@@ -66,6 +66,13 @@ How a run goes, and why:
 ``--check`` and ``--verify-data`` run ``borg check`` (the weekly and monthly units) with the same
 metrics and pings, as the tasks ``check`` and ``verify_data``. ``--drill`` runs the restore drill
 (``_restore_drill``, the weekly drill unit) as the task ``drill``: exit 0 when it passed, 2 otherwise.
+metrics and pings, as the tasks ``check`` and ``verify_data``. Backups come first
+(``_check_yield``): a backup makes a running check or verify let go of the repository lock before
+its ``borg create``; the check says it yielded and exits 0, and a check waits for a running backup
+before it starts. With ``check_max_duration`` the check's repository part is a partial, resumable
+``borg check --repository-only --max-duration`` (the archives' metadata are checked every run); a
+check is "complete" when its repository pass reached the end and the archives passed, and the
+metric ``grus_backup_check_last_complete_timestamp_seconds`` says when that last happened.
 
 Exit status: 0 ok, 1 done with warnings, 2 error or refusal.
 """
@@ -81,7 +88,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
-from . import _drill_sample, _marker, _metrics, _ping, _volume_guard
+from . import _check_yield, _drill_sample, _marker, _metrics, _ping, _volume_guard
 from ._borg_argv import DEFAULT_COMPRESSION, DEFAULT_LOCK_WAIT, check_argv
 from ._borg_failures import BorgError
 from ._borg_parse import parse_archive_time
@@ -109,6 +116,7 @@ DEFAULT_MARKER_MAX_AGE = 270  # 4 h between syncs, and a margin
 DEFAULT_SYNC_WAIT = 30  # minutes to wait for a sync still running when the backup starts
 DEFAULT_STATE_DIR = "/var/lib/grus-backup"
 SYNC_POLL_SECONDS = 5
+BACKUP_WAIT_SECONDS = 6 * 3600  # a check waits this long at most for a running backup (its TimeoutStartSec)
 ARCHIVE_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S"
 
 
@@ -153,6 +161,8 @@ class JobConfig:
     drill_canaries: list = field(default_factory=list)
     drill_sample_files: int = _drill_sample.DEFAULT_SAMPLE_FILES
     drill_sample_bytes: int = _drill_sample.DEFAULT_SAMPLE_BYTES
+    check_max_duration: int = 0
+    yield_wait: int = _check_yield.DEFAULT_YIELD_WAIT
     borg: str = "borg"
 
     @classmethod
@@ -193,6 +203,10 @@ class JobConfig:
             validate_repo(self.repo)
             self.lock_wait = validate_count("lock_wait", self.lock_wait, "0 or more seconds")
             self.clock_tolerance = validate_count("clock_tolerance", self.clock_tolerance, "0 or more seconds")
+            self.check_max_duration = validate_count(
+                "check_max_duration", self.check_max_duration, "0 (a full check) or more seconds"
+            )
+            self.yield_wait = validate_count("yield_wait", self.yield_wait, "0 or more seconds")
             validate_compression(self.compression)
             validate_files_cache(self.files_cache)
         except BorgError as exc:
@@ -256,6 +270,10 @@ class JobReport:
     prune_hold: dict | None = None
     pruned_run: bool = False
     drill_sample: dict | None = None
+    yielded_by: dict | None = None  # the backup made this running check let go
+    check_yielded: bool = False  # the check let go of the repository for a backup
+    check_complete: bool = False  # the check covered the whole repository and every archive, and passed
+    check_notes: list = field(default_factory=list)
 
     @property
     def exit_status(self) -> int:
@@ -275,6 +293,10 @@ class JobReport:
             "volumes": self.volumes,
             "prune_hold": self.prune_hold,
             "drill_sample": self.drill_sample,
+            "yielded_by": self.yielded_by,
+            "check_yielded": self.check_yielded,
+            "check_complete": self.check_complete,
+            "check_notes": self.check_notes,
             "exit_status": self.exit_status,
         }
 
@@ -345,6 +367,12 @@ def check_clock_skew(markers, tolerance_seconds: int) -> None:
 def run_job(config: JobConfig, *, now=None, timestamp=None, runner=None, do_prune=None) -> JobReport:
     """One backup run. Returns a report; refusals and failures are in ``report.errors``."""
     report = JobReport()
+    with _check_yield.BackupRegistration(config.state_dir):
+        _run_job(config, report, now, timestamp, runner, do_prune)
+    return report
+
+
+def _run_job(config: JobConfig, report: JobReport, now, timestamp, runner, do_prune) -> None:
     conn = config.connection(runner=runner)
     try:
         cached_borg_version(config.borg, runner=runner)
@@ -363,6 +391,7 @@ def run_job(config: JobConfig, *, now=None, timestamp=None, runner=None, do_prun
             borg_timestamp = timestamp
         report.volumes = _volume_guard.measure_volumes(config.paths, config.exclude)
         sample = sample_for_drill(config, report)
+        make_check_yield(config, report)
         created = create_named_by_second(config, conn, moment, borg_timestamp)
         report.archive = created["archive"]
         report.warnings.extend(created["warnings"])
@@ -375,7 +404,17 @@ def run_job(config: JobConfig, *, now=None, timestamp=None, runner=None, do_prun
         report.errors.append(f"{exc.kind}: {exc.message}")
     except BorgError as exc:
         report.errors.append(f"borg ({exc.cause}): {exc.message}")
-    return report
+
+
+def make_check_yield(config: JobConfig, report: JobReport) -> None:
+    """A running check or verify lets go of the repository before this run's ``borg create``."""
+    report.yielded_by = _check_yield.ask_check_to_yield(config.state_dir, config.yield_wait)
+    if report.yielded_by and not report.yielded_by["stopped"]:
+        report.warnings.append(
+            f"a running {report.yielded_by['task'] or 'check'} (pid {report.yielded_by['pid']}) did not let go of "
+            f"the repository within {config.yield_wait} s; the backup waits for the repository lock "
+            f"(lock_wait {config.lock_wait} s)"
+        )
 
 
 def create_named_by_second(config: JobConfig, conn: BorgRepo, moment: datetime, borg_timestamp=None) -> dict:
@@ -526,15 +565,30 @@ def record_backup(metrics: _metrics.JobMetrics, config: JobConfig, report: JobRe
         metrics.set("grus_backup_sync_clock_skew_seconds", marker.get("clock_skew_seconds"), client=client)
 
 
-def run_check(config: JobConfig, verify_data: bool, runner=None) -> JobReport:
-    """``borg check`` (``--verify-data``): the weekly and monthly units' run, as a report."""
+def run_check(config: JobConfig, verify_data: bool, runner=None, yielder=None) -> JobReport:
+    """``borg check`` (``--verify-data``): the weekly and monthly units' run, as a report.
+
+    It registers (one check at a time), waits while a backup runs, and gives way to a backup
+    (``yielder``: SIGTERM stops its borg; the run then reports that it yielded, not an error).
+    """
     report = JobReport()
-    conn = config.connection(runner=runner)
+    yielder = yielder or _check_yield.Yielder()
+    conn = config.connection(runner=runner or yielder.run)
+    task = "verify_data" if verify_data else "check"
     try:
-        out = conn.run(check_argv(config.repo, verify_data=verify_data, **conn.argv_kwargs()))
-        report.warnings.extend(out.warnings)
+        with _check_yield.Registration(config.state_dir, task):
+            wait_for_backups(config.state_dir, yielder)
+            if not yielder.requested:
+                check_repository(config, conn, verify_data, report)
+    except _check_yield.CheckBusy as exc:
+        report.check_notes.append(f"skipped: {exc}")
     except BorgError as exc:
-        report.errors.append(f"borg check ({exc.cause}): {exc.message}")
+        if not yielder.requested:
+            report.errors.append(f"borg check ({exc.cause}): {exc.message}")
+    if yielder.requested:
+        report.check_yielded = True
+        report.check_complete = False
+        report.check_notes.append("yielded: stopped for a backup (SIGTERM); the next run starts again")
     return report
 
 
@@ -574,6 +628,74 @@ def drill(config: JobConfig, as_json: bool, runner=None) -> DrillReport:
     for error in report.errors:
         _say(f"grus-backup: FAILED: restore drill: {error}", sys.stderr)
     return report
+def wait_for_backups(state_dir: str, yielder, limit=BACKUP_WAIT_SECONDS, clock=time.monotonic, sleep=time.sleep):
+    """Wait while a backup runs (it comes first), at most ``limit`` seconds or until told to yield."""
+    start = clock()
+    while not yielder.requested and _check_yield.backup_running(state_dir) and clock() - start < limit:
+        sleep(_check_yield.POLL_SECONDS * 5)
+
+
+def check_repository(config: JobConfig, conn: BorgRepo, verify_data: bool, report: JobReport) -> None:
+    """The check itself: full, or a partial repository pass (``check_max_duration``) plus the archives."""
+    kwargs = conn.argv_kwargs()
+    if verify_data or not config.check_max_duration:
+        out = conn.run(check_argv(config.repo, verify_data=verify_data, **kwargs))
+        report.warnings.extend(out.warnings)
+        report.check_complete = True
+        return
+    started = time.monotonic()
+    out = conn.run(check_argv(config.repo, repository_only=True, max_duration=config.check_max_duration, **kwargs))
+    report.warnings.extend(out.warnings)
+    complete = repository_pass_complete(out.logs, time.monotonic() - started, config.check_max_duration)
+    told = "borg said so" if pass_said(out.logs) is not None else "by the time it took"
+    report.check_notes.append(
+        f"repository: the pass reached the last segment ({told})"
+        if complete
+        else f"repository: partial pass ({config.check_max_duration} s, {told}), the next run resumes where it stopped"
+    )
+    out = conn.run(check_argv(config.repo, archives_only=True, **kwargs))
+    report.warnings.extend(out.warnings)
+    report.check_complete = complete
+
+
+def repository_pass_complete(logs, elapsed: float, max_duration: int) -> bool:
+    """Did ``borg check --repository-only --max-duration`` reach the last segment this run?
+
+    Borg says so at INFO level ("finished segment check" against "finished partial segment
+    check"), locally and, prefixed "Remote: ", through ``borg serve`` under the forced command
+    (measured with borg 1.4.0). Without either line (another borg, a lost log line) the time tells:
+    borg stops a pass only once ``max_duration`` has passed, so a run that took less reached the
+    end; one that took longer counts as partial (never claim a pass that may not have been).
+    """
+    said = pass_said(logs)
+    return elapsed < max_duration if said is None else said
+
+
+def pass_said(logs) -> bool | None:
+    """What borg's INFO line said: True (the last segment), False (partial), None (no such line)."""
+    for entry in logs or ():
+        message = str(entry.get("message", "")).lower()
+        if "finished partial segment check" in message:
+            return False
+        if "finished segment check" in message:
+            return True
+    return None
+
+
+def record_check(metrics: _metrics.JobMetrics, report: JobReport, rc: int) -> None:
+    """The check's samples: whether it yielded, and when a check last completed (kept across runs).
+
+    A check that has not completed yet counts from its first run, so that one that always yields
+    still ages into the alert.
+    """
+    job = {"task": metrics.task, "repository": metrics.repository}
+    metrics.set("grus_backup_check_yielded", 1 if report.check_yielded else 0, **job)
+    if report.check_complete and rc in (EXIT_OK, EXIT_WARNING):
+        complete = metrics.clock()
+    else:
+        complete = _metrics.previous_value(metrics.path, "grus_backup_check_last_complete_timestamp_seconds")
+        complete = metrics.started if complete is None else complete
+    metrics.set("grus_backup_check_last_complete_timestamp_seconds", complete, **job)
 
 
 def _finish(metrics: _metrics.JobMetrics, pinger: _ping.Pinger, rc: int, warnings=0) -> None:
@@ -633,7 +755,10 @@ def main(argv=None, runner=None) -> int:
     pinger = _ping.Pinger.from_env()
     if not args.release_hold:
         pinger.start()
-    rc, warnings, config, report = _run(args, runner)
+    yielder = _check_yield.Yielder()
+    if task in ("check", "verify_data"):
+        yielder.install()  # SIGTERM (a backup, or systemctl stop): let go of the repository and say so
+    rc, warnings, config, report = _run(args, runner, yielder)
     if config is not None:
         metrics.repository = config.repo
     if not args.release_hold:
@@ -641,11 +766,13 @@ def main(argv=None, runner=None) -> int:
             record_backup(metrics, config, report)
         if task == "drill" and config is not None and report is not None:
             record_drill(metrics, config, report)
+        elif task != "backup" and config is not None and report is not None:
+            record_check(metrics, report, rc)
         _finish(metrics, pinger, rc, warnings)
     return rc
 
 
-def _run(args, runner) -> tuple:
+def _run(args, runner, yielder=None) -> tuple:
     """``(exit status, warnings, config, report)`` of the run ``args`` ask for (None where none)."""
     try:
         with open(args.config, encoding="utf-8") as handle:
@@ -668,15 +795,27 @@ def _run(args, runner) -> tuple:
         report = drill(config, args.json, runner=runner)
         return (EXIT_OK if report.passed else EXIT_ERROR), len(report.warnings), config, report
     if args.check or args.verify_data:
-        report = run_check(config, args.verify_data, runner=runner)
+        report = run_check(config, args.verify_data, runner=runner, yielder=yielder)
         what = "borg check --verify-data" if args.verify_data else "borg check"
-        _say(f"grus-backup: {what} of {config.repo}: {'FAILED' if report.errors else 'ok'}")
+        outcome = "FAILED" if report.errors else "yielded" if report.check_yielded else "ok"
+        if outcome == "ok" and not report.check_complete:
+            outcome = "ok (not complete)"
+        _say(f"grus-backup: {what} of {config.repo}: {outcome}")
+        for note in report.check_notes:
+            _say(f"grus-backup: {note}")
         return _tell(report, args.json), len(report.warnings), config, report
     report = run_job(config, timestamp=args.timestamp, runner=runner, do_prune=False if args.no_prune else None)
     if args.json:
         _say(json.dumps(report.to_dict()))
     else:
         archive = report.archive or {}
+        if report.yielded_by:
+            yielded = report.yielded_by
+            _say(
+                f"grus-backup: a running {yielded['task'] or 'check'} (pid {yielded['pid']}) "
+                f"{'let go of' if yielded['stopped'] else 'still holds'} the repository "
+                f"(waited {yielded['waited_seconds']} s)"
+            )
         if archive:
             _say(f"grus-backup: archive {archive.get('name')} created in {config.repo}")
         _say(f"grus-backup: pruned {len(report.pruned)} archive(s): {', '.join(report.pruned) or 'none'}")

@@ -173,9 +173,27 @@ def prune_argv(repo, retention: dict, *, match_archives=None, dry_run=False, bor
     return borg_argv([*command, "--", repo], borg=borg, lock_wait=lock_wait)
 
 
-def check_argv(repo, *, verify_data=False, borg="borg", lock_wait=None) -> list:
-    """``borg check [--verify-data] REPO``: the repository and every archive's metadata (and data)."""
-    return borg_argv(["check", *(["--verify-data"] if verify_data else []), repo], borg=borg, lock_wait=lock_wait)
+def check_argv(
+    repo, *, verify_data=False, repository_only=False, archives_only=False, max_duration=0, borg="borg", lock_wait=None
+) -> list:
+    """``borg check [--verify-data] REPO``: the repository and every archive's metadata (and data).
+
+    ``max_duration`` (seconds, borg >= 1.2, repository part only): a partial segment check that
+    stops after that time and resumes where it stopped at the next run.
+    """
+    if max_duration and (verify_data or archives_only or not repository_only):
+        raise BorgError("max_duration applies to a repository-only check without --verify-data", cause="invalid_input")
+    command = ["check"]
+    if verify_data:
+        command.append("--verify-data")
+    if repository_only:
+        command.append("--repository-only")
+    if archives_only:
+        command.append("--archives-only")
+    if max_duration:
+        # --info: borg says whether the pass reached the last segment (borg serve forwards it too).
+        command += ["--info", "--max-duration", str(int(max_duration))]
+    return borg_argv([*command, "--", repo], borg=borg, lock_wait=lock_wait)
 
 
 def delete_argv(repo, name, *, borg="borg", lock_wait=None) -> list:

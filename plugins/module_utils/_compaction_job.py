@@ -11,7 +11,11 @@ Compaction is what makes a client's deletes permanent, so one run does, in this 
    the deletion audit set it (the unit fails, ``OnFailure=`` alerts, every day until an operator removes it);
 4. the deletion audit: every transaction since the last compaction, read from the segments without the key;
    one that deletes more than a prune plausibly does holds compaction and exits 2;
-5. not due (the interval since the last compaction): exit 0;
+5. not due (the interval since the last compaction): exit 0; due, but a backup of the key holder starts
+   within ``--quiet-minutes`` (``--backup-times``, this host's clock): deferred to the next daily run,
+   exit 0. The compaction holds the repository's exclusive lock; started late (``Persistent=`` after a
+   downtime) it would make that backup wait or fail. Only this host's own configuration decides: a key
+   holder (an intrusion target) cannot defer it, and a deferral never lasts past a run outside the window;
 6. a hard-linked snapshot of the repository, kept ``DELAY_DAYS`` (the true delay: whatever was deleted
    before this compaction stays recoverable from it), older snapshots expired;
 7. ``borg compact`` with the flag at 0 for its duration (the intent recorded first), then the flag at 1 again.
@@ -340,6 +344,35 @@ def due(stamp: str, interval_days: float) -> bool:
     return age >= interval_days * 86400 - DUE_SLACK_SECONDS
 
 
+def parse_backup_times(text: str) -> list:
+    """``"00:00,04:00"`` -> ``[(0, 0), (4, 0)]``; a clear error for anything else."""
+    times = []
+    for item in (part.strip() for part in (text or "").split(",")):
+        if not item:
+            continue
+        match = re.fullmatch(r"([01]?\d|2[0-3]):([0-5]\d)", item)
+        if not match:
+            raise argparse.ArgumentTypeError(f"backup time {item!r} is not HH:MM (00:00 to 23:59)")
+        times.append((int(match.group(1)), int(match.group(2))))
+    return times
+
+
+def minutes_to_next_backup(backup_times: list, now: time.struct_time) -> float | None:
+    """Minutes from ``now`` (local time, as systemd's calendar) to the next backup time; None without any."""
+    if not backup_times:
+        return None
+    current = now.tm_hour * 60 + now.tm_min + now.tm_sec / 60
+    return min((hour * 60 + minute - current) % 1440 for hour, minute in backup_times)
+
+
+def defer_for_backup(backup_times: list, quiet_minutes: float, now: time.struct_time | None = None) -> float | None:
+    """The minutes to the next backup when it is closer than ``quiet_minutes`` (defer), else None."""
+    ahead = minutes_to_next_backup(backup_times, now or time.localtime())
+    if ahead is not None and ahead < quiet_minutes:
+        return ahead
+    return None
+
+
 def snapshot_dir(state_dir: str) -> str:
     return os.path.join(state_dir, "snapshots")
 
@@ -463,6 +496,15 @@ def scheduled_run(args, observed: dict | None = None) -> int:
     if not due(args.stamp, args.interval_days):
         say(f"last compaction less than {args.interval_days:g} day(s) ago: not due")
         return 0
+    ahead = defer_for_backup(args.backup_times, args.quiet_minutes)
+    if ahead is not None:
+        observed["deferred"] = True
+        say(
+            f"due, but a backup starts in {ahead:.0f} minute(s) (quiet window {args.quiet_minutes:g} min before "
+            "each backup): deferred to the next run, the backup keeps the repository"
+        )
+        return 0
+    observed["deferred"] = False
     expire_snapshots(state_dir, args.delay_days)
     snap = take_snapshot(repo, state_dir, "compaction", args.run_as)
     say(f"snapshot {os.path.basename(snap)} kept {args.delay_days:g} day(s): deletions stay recoverable from it")
@@ -494,7 +536,16 @@ def parse_scheduled(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--metrics-dir", default=None, help="write Prometheus metrics here (node_exporter's textfile dir)"
     )
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--backup-times", type=parse_backup_times, default=[], help="the key holders' backup times, HH:MM,HH:MM"
+    )
+    parser.add_argument(
+        "--quiet-minutes", type=float, default=0.0, help="no compaction starts this close before a backup"
+    )
+    args = parser.parse_args(argv)
+    if args.quiet_minutes < 0:
+        parser.error(f"--quiet-minutes must be 0 or more, not {args.quiet_minutes:g}")
+    return args
 
 
 def repository_bytes(repo: str) -> tuple:
@@ -526,6 +577,8 @@ def record(metrics: _metrics.JobMetrics, args, observed: dict) -> None:
     hold = hold_path(repo)
     held = os.path.exists(hold)
     metrics.set("grus_backup_compaction_held", 1 if held else 0, **where)
+    if "deferred" in observed:
+        metrics.set("grus_backup_compaction_deferred", 1 if observed["deferred"] else 0, **where)
     metrics.set(
         "grus_backup_repository_mass_deletion", int(held and read_hold(hold).get("held-by") == AUDIT_OWNER), **where
     )

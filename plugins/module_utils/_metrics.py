@@ -50,6 +50,15 @@ METRICS = {
     "grus_backup_job_duration_seconds": ("How long the job's last run took.", JOB),
     "grus_backup_job_exit_status": ("The job's last exit status: 0 ok, 1 done with warnings, 2 error.", JOB),
     "grus_backup_job_warnings": ("Warnings of the job's last run.", JOB),
+    "grus_backup_check_yielded": (
+        "1 when the check's last run let go of the repository for a backup (not complete, not an error).",
+        JOB,
+    ),
+    "grus_backup_check_last_complete_timestamp_seconds": (
+        "When a check last covered the whole repository (and every archive) and passed (Unix time); "
+        "kept across runs, the first run's start while none completed yet.",
+        JOB,
+    ),
     "grus_backup_archives": ("Archives of this prefix in the repository after the last prune.", ARCHIVE),
     "grus_backup_archive_original_bytes": ("Original size of the last archive.", ARCHIVE),
     "grus_backup_archive_compressed_bytes": ("Compressed size of the last archive.", ARCHIVE),
@@ -109,14 +118,15 @@ METRICS = {
         ("repository",),
     ),
     "grus_backup_compaction_held": ("1 while compaction is held.", ("repository",)),
+    "grus_backup_compaction_deferred": (
+        "1 when the last due compaction was deferred: a backup was about to start.",
+        ("repository",),
+    ),
     "grus_backup_authorized_keys_ok": ("1 when authorized_keys is what Ansible wrote, 0 when it differs.", ()),
     "grus_backup_unit_failed": ("1: the systemd unit failed (written by grus-backup-alert@).", ("unit",)),
     "grus_backup_unit_failed_timestamp_seconds": ("When the systemd unit last failed (Unix time).", ("unit",)),
 }
 
-_SUCCESS_RE = re.compile(
-    r"^grus_backup_job_last_success_timestamp_seconds\{[^}]*\} (?P<value>[0-9.e+]+)$", re.MULTILINE
-)
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9_.@-]")
 
 

@@ -186,16 +186,24 @@ class Host:
             )
         )
 
-    def unit_argv(self, delay_days: int = 0, interval_days: int | None = None, line: str = "ExecStart=") -> list[str]:
-        """A command line (ExecStart= by default) of grus-borg-compact@<name>.service, the script rendered here."""
+    def unit_argv(
+        self, delay_days: int = 0, interval_days: int | None = None, line: str = "ExecStart=", **overrides
+    ) -> list[str]:
+        """A command line (ExecStart= by default) of grus-borg-compact@<name>.service, the script rendered here.
+
+        No quiet window before backups unless asked (``repository_host_compact_quiet_minutes``): these runs
+        must not depend on the time of day the tests run at.
+        """
         values = dict(
             role_vars(),
+            repository_host_compact_quiet_minutes=0,
             repository_host_on_failure="",
             repository_host_base_dir=str(self.base),
             repository_host_textfile_dir=str(self.base / "textfile"),
             repository_host_compact_delay_days=delay_days,
             repository_host_compact_interval_days=delay_days if interval_days is None else interval_days,
         )
+        values.update(overrides)
         (self.base / "textfile").mkdir(parents=True, exist_ok=True)
         unit = jinja().get_template("grus-borg-compact@.service.j2").render(ansible_managed="Ansible managed", **values)
         dropin = (

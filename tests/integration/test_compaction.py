@@ -224,6 +224,51 @@ def test_before_the_key_holder_created_the_repository_the_run_only_guards(world)
     assert "no repository yet" in proc.stdout and not host.repo.exists()
 
 
+def hhmm_in(minutes: int) -> str:
+    """The local time (the job's and systemd's clock) ``minutes`` from now, as HH:MM."""
+    return time.strftime("%H:%M", time.localtime(time.time() + minutes * 60))
+
+
+def deferred_sample(prom: str) -> list:
+    return [line.split()[-1] for line in prom.splitlines() if line.startswith("grus_backup_compaction_deferred{")]
+
+
+def test_a_due_compaction_close_before_a_backup_is_deferred_then_runs_outside_the_window(world, tmp_path):
+    """Compaction holds the repository's exclusive lock: one that would start just before a backup waits a day.
+
+    The backup times are the role's (rendered into the unit's command line); nothing the key holder sends
+    decides it.
+    """
+    host, client = world
+    client.borg("init", "--encryption", "none", client.url)
+    (tmp_path / "f").write_bytes(os.urandom(MIB))
+    client.borg("create", f"{client.url}::a", str(tmp_path / "f"))
+    client.borg("delete", f"{client.url}::a")
+    before = snapshot(host.repo / "data")
+
+    soon = host.unit_argv(7, 0, repository_host_backup_times=[hhmm_in(10)], repository_host_compact_quiet_minutes=60)
+    deferred = host.run(soon)
+    assert deferred.returncode == 0, deferred.stderr
+    assert "deferred to the next run" in deferred.stdout
+    assert "compacted" not in deferred.stdout
+    assert snapshot(host.repo / "data") == before  # nothing compacted (the append-only flag was set to 1)
+    assert not (host.home / "compaction" / "snapshots").exists() or not any(
+        (host.home / "compaction" / "snapshots").iterdir()
+    )
+    assert not host.stamp.exists()
+    prom = next((host.base / "textfile").glob("grus_backup_compaction*.prom")).read_text()
+    assert deferred_sample(prom) == ["1.0"]
+
+    later = host.unit_argv(7, 0, repository_host_backup_times=[hhmm_in(180)], repository_host_compact_quiet_minutes=60)
+    ran = host.run(later)
+    assert ran.returncode == 0, ran.stderr
+    assert "compacted" in ran.stdout and "deferred" not in ran.stdout
+    assert host.stamp.exists()
+    prom = next((host.base / "textfile").glob("grus_backup_compaction*.prom")).read_text()
+    assert deferred_sample(prom) == ["0.0"]
+    assert snapshot(host.repo / "data") != before  # this time the deleted archive's space came back
+
+
 # ---- item 2 and 4: the deletion audit, the hold, the guided rollback ---------------------------------------
 
 
