@@ -25,6 +25,7 @@ carries rsync's protocol.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import signal
@@ -209,10 +210,8 @@ def receive(directory: str, quota, reserve, rrsync: str = DEFAULT_RRSYNC, interv
 
 
 def _kill(child, signum) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(child.pid, signum)
-    except ProcessLookupError:
-        pass
 
 
 def main(argv=None) -> int:

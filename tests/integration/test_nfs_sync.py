@@ -552,8 +552,9 @@ def test_receiver_refuses_a_client_over_its_quota_and_lets_one_within_it_sync(ru
         # The scheduled job says the same, by name, and exits 2.
         config = tmp_path / "nfs-sync.json"
         config.write_text(json.dumps(args))
+        job = "ansible_collections.grus.backup.plugins.module_utils._rsync"
         cli = subprocess.run(
-            [sys.executable, "-m", "ansible_collections.grus.backup.plugins.module_utils._rsync", "--config", str(config)],
+            [sys.executable, "-m", job, "--config", str(config)],
             env={**os.environ, "PYTHONPATH": str(COLLECTIONS_PATH)},
             capture_output=True,
             text=True,

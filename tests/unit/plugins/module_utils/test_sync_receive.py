@@ -5,15 +5,23 @@ from __future__ import annotations
 import os
 
 import pytest
-
 from ansible_collections.grus.backup.plugins.module_utils import _sync_receive as receive
 from ansible_collections.grus.backup.plugins.module_utils._rsync_output import receiver_refusal
 
 
 @pytest.mark.parametrize(
     ("text", "size"),
-    [("", None), ("0", None), (None, None), ("4096", 4096), ("1K", 1024), ("1.5M", 1572864), ("500G", 500 << 30),
-     ("2t", 2 << 40), ("3GiB", 3 << 30)],
+    [
+        ("", None),
+        ("0", None),
+        (None, None),
+        ("4096", 4096),
+        ("1K", 1024),
+        ("1.5M", 1572864),
+        ("500G", 500 << 30),
+        ("2t", 2 << 40),
+        ("3GiB", 3 << 30),
+    ],
 )
 def test_sizes(text, size):
     assert receive.parse_size(text) == size
