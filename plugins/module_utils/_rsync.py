@@ -36,6 +36,9 @@ How a run goes, and why:
   a failed or unfinished one. Each is written atomically; over SSH it is sent
   with rsync through the same ``rsh``, so the receiving key can stay restricted
   to ``rrsync``.
+* Over SSH the key holder's receiving guard (``_sync_receive``, the key's forced command) may refuse a
+  sync (the client's directory over its quota: kind ``quota``) or stop it (the export's free space below
+  its reserve: kind ``key_holder_full``); its one stderr line is turned into a failure of that kind.
 * Noticing: with ``--metrics-dir`` the scheduled run writes its metrics (``_metrics``: times,
   exit status, files and bytes sent, deletions, labelled with the client's directory on the key
   holder); with ``GRUS_BACKUP_PING_URL`` in its environment it pings a dead man's switch
@@ -71,6 +74,7 @@ from ._rsync_output import (
     classify_exit,
     parse_itemized,
     parse_stats,
+    receiver_refusal,
     stderr_tail,
 )
 from ._runner import CommandNotFound, run
@@ -202,6 +206,7 @@ def write_marker(options: SyncOptions, marker: dict, runner=run) -> str:
             argv.append(f"--rsh={options.rsh}")
         result = runner([*argv, local, dest_dir(options.dest)])
         if result.rc != 0:
+            _raise_if_refused(result.stderr)
             _status, meaning = classify_exit(result.rc)
             raise OSError(f"rsync exit {result.rc} ({meaning}): {stderr_tail(result.stderr, 5)}")
 
@@ -259,7 +264,7 @@ def sync(options: SyncOptions, runner=run) -> SyncResult:
                 if tracked:
                     # Best effort: when the link is down this fails too, and the marker
                     # stays "running", which the backup reports as an unfinished sync.
-                    with contextlib.suppress(OSError, CommandNotFound):
+                    with contextlib.suppress(OSError, CommandNotFound, SyncError):
                         reason = f"{exc.kind}: {exc.message}"[:300]
                         failed = build_progress_marker(options, _marker.FAILED, started, reason)
                         write_marker(options, failed, runner=runner)
@@ -311,11 +316,20 @@ def _preflight_deletions(options, volumes, result, runner) -> None:
         _raise_for_status(options, status, meaning, proc.rc, result)
 
 
+def _raise_if_refused(stderr: str, result=None) -> None:
+    """The key holder's receiving guard (``_sync_receive``) refused or stopped the sync: say why, by name."""
+    refused = receiver_refusal(stderr)
+    if refused:
+        cause, why = refused
+        raise SyncError(cause, f"the key holder refused the sync ({cause}): {why}", result)
+
+
 def _raise_for_status(options, status, meaning, rc, result) -> None:
     where = f"{options.src} -> {options.dest}"
     detail = f": {result.stderr}" if result.stderr else ""
     if status == STATUS_OK:
         return
+    _raise_if_refused(result.stderr, result)
     if status == STATUS_VANISHED:
         result.warnings.append(
             f"rsync exit 24: some source files vanished during the transfer ({where}); normal on live volumes"

@@ -48,7 +48,8 @@ class SyncError(Exception):
 
     ``kind`` says why: ``usage`` (bad options), ``guard`` (refused before rsync),
     ``lock`` (another sync holds the lock), ``max_delete``, ``partial``, ``error``
-    (rsync failed) or ``marker`` (synced, but the marker could not be written).
+    (rsync failed), ``marker`` (synced, but the marker could not be written), or what the key holder's
+    receiving guard named when it refused: ``quota``, ``key_holder_full``, ``key_holder_setup``.
     ``result`` is the :class:`SyncResult` so far, when rsync ran.
     """
 

@@ -178,6 +178,20 @@ def classify_exit(rc: int):
     return STATUS_ERROR, message
 
 
+# The one line the key holder's receiving guard (_sync_receive.refusal_line) writes when it refuses or
+# stops a sync: ``grus-sync-receive: REFUSED (<cause>): <why>``. Kept in step by a unit test.
+_REFUSAL_RE = re.compile(r"grus-sync-receive: REFUSED \((?P<cause>[a-z_]+)\): (?P<why>.*)$")
+
+
+def receiver_refusal(stderr: str):
+    """``(cause, why)`` when the key holder's receiving guard refused the sync, else ``None``."""
+    for line in (stderr or "").splitlines():
+        match = _REFUSAL_RE.search(line.strip())
+        if match:
+            return match.group("cause"), match.group("why")
+    return None
+
+
 def stderr_tail(text: str, lines: int = 20) -> str:
     kept = [line for line in (text or "").splitlines() if line.strip()]
     return "\n".join(kept[-lines:])

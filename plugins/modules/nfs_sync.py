@@ -327,6 +327,9 @@ kind:
     - Why the module failed; V(usage), V(guard) (refused before rsync ran), V(lock), V(max_delete),
       V(partial), V(error) (rsync failed) or V(marker) (the marker could not be written; before the sync,
       then nothing was synced, or after it).
+    - Over SSH to a key holder deployed by C(grus.backup.key_holder), its receiving guard may refuse with V(quota)
+      (this client's directory is over its quota; nothing transferred), V(key_holder_full) (the export's free space
+      is below its reserve; refused, or the transfer stopped) or V(key_holder_setup) (its forced command is wrong).
   returned: on failure
   type: str
   sample: guard

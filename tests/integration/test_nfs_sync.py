@@ -497,3 +497,131 @@ def test_over_ssh_through_an_rrsync_restricted_key(run_module, tmp_path, sshd):
         assert (export / "antigone-only" / "keep").read_text() == "not for the sync client\n"
     finally:
         sshd.authorize()
+
+
+# ---- the key holder's receiving guard (grus-sync-receive in front of rrsync) -----------------------
+
+
+RECEIVE_SHIPPED = ("_sync_receive.py",)
+
+
+def receiver_command(tmp_path: Path, directory: Path, *extra: str) -> str:
+    """The forced command as the key_holder role writes it: the shipped module behind a small wrapper."""
+    package = tmp_path / "receiver-lib" / "grus_backup"
+    if not package.exists():
+        package.mkdir(parents=True)
+        (package / "__init__.py").write_text("")
+        for name in RECEIVE_SHIPPED:
+            shutil.copy(COLLECTIONS_PATH / "ansible_collections/grus/backup/plugins/module_utils" / name, package)
+    wrapper = tmp_path / "grus-sync-receive"
+    wrapper.write_text(
+        f'#!/bin/sh\nPYTHONPATH={package.parent} exec /usr/bin/python3 -m grus_backup._sync_receive "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    return " ".join([str(wrapper), "--dir", str(directory), "--rrsync", RRSYNC, *extra])
+
+
+def _two_clients(tmp_path: Path):
+    export = tmp_path / "export"
+    (export / "balearica").mkdir(parents=True)
+    (export / "other").mkdir()
+    (export / "other" / "keep").write_bytes(os.urandom(8192))
+    return export
+
+
+@pytest.mark.skipif(not os.path.exists(RRSYNC), reason="rrsync is not installed")
+def test_receiver_refuses_a_client_over_its_quota_and_lets_one_within_it_sync(run_module, tmp_path, sshd):
+    src = make_source(tmp_path)
+    export = _two_clients(tmp_path)
+    (export / "balearica" / "old-bulk").write_bytes(os.urandom(3 << 20))
+    other_before, mine_before = tree_state(export / "other"), tree_state(export / "balearica")
+    lock = tmp_path / "sync.lock"
+    args = sync_args(src, f"{sshd.user}@{sshd.host}:", lock, rsh=sshd.rsh, max_delete=50)
+    try:
+        # 3 MiB already there, a 1 MiB quota: refused before anything moves, with the cause named.
+        sshd.authorize(f'restrict,command="{receiver_command(tmp_path, export / "balearica", "--quota", "1M")}"')
+        over = run_module("nfs_sync", args)
+        assert over.failed and over.result["kind"] == "quota", over.result
+        assert "the key holder refused the sync (quota)" in over.result["msg"]
+        assert "over its quota of 1.0 MiB" in over.result["msg"] and str(export / "balearica") in over.result["msg"]
+        unguarded = run_module("nfs_sync", {**args, "delete": False})  # the marker goes first: refused too
+        assert unguarded.failed and unguarded.result["kind"] == "quota", unguarded.result
+        assert tree_state(export / "balearica") == mine_before
+        assert tree_state(export / "other") == other_before
+
+        # The scheduled job says the same, by name, and exits 2.
+        config = tmp_path / "nfs-sync.json"
+        config.write_text(json.dumps(args))
+        job = "ansible_collections.grus.backup.plugins.module_utils._rsync"
+        cli = subprocess.run(
+            [sys.executable, "-m", job, "--config", str(config)],
+            env={**os.environ, "PYTHONPATH": str(COLLECTIONS_PATH)},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert cli.returncode == 2 and "nfs-sync: FAILED (quota): the key holder refused the sync" in cli.stderr
+
+        # Within its quota the same client syncs as before, owners, modes, ACLs and xattrs kept.
+        sshd.authorize(f'restrict,command="{receiver_command(tmp_path, export / "balearica", "--quota", "64M")}"')
+        within = run_module("nfs_sync", args)
+        assert not within.failed and within.changed, within.result
+        assert_preserved(src, export / "balearica")
+        assert_marker(marker_of(export / "balearica"), ["www", "db"])
+        assert tree_state(export / "other") == other_before
+    finally:
+        sshd.authorize()
+
+
+@pytest.mark.skipif(not os.path.exists(RRSYNC), reason="rrsync is not installed")
+def test_receiver_refuses_when_the_export_is_below_its_reserve(run_module, tmp_path, sshd):
+    src = make_source(tmp_path)
+    export = _two_clients(tmp_path)
+    other_before = tree_state(export / "other")
+    args = sync_args(src, f"{sshd.user}@{sshd.host}:", tmp_path / "sync.lock", rsh=sshd.rsh, max_delete=50)
+    try:
+        # No file system here has 99.9 % free: the reserve is not met, nothing is transferred.
+        command = receiver_command(tmp_path, export / "balearica", "--min-free", "99.9%")
+        sshd.authorize(f'restrict,command="{command}"')
+        refused = run_module("nfs_sync", args)
+        assert refused.failed and refused.result["kind"] == "key_holder_full", refused.result
+        assert "below its reserve" in refused.result["msg"] and "nothing was transferred" in refused.result["msg"]
+        assert sorted(os.listdir(export / "balearica")) == []
+        assert tree_state(export / "other") == other_before
+    finally:
+        sshd.authorize()
+
+
+@pytest.mark.skipif(not os.path.exists(RRSYNC), reason="rrsync is not installed")
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a small tmpfs as the export")
+def test_receiver_stops_a_transfer_that_eats_into_the_reserve(run_module, tmp_path, sshd):
+    """A 24 MiB volume into a 32 MiB export that must keep 16 MiB free: stopped midway, the space given back."""
+    src = tmp_path / "volumes"
+    (src / "bulk").mkdir(parents=True)
+    (src / "bulk" / "big.bin").write_bytes(os.urandom(24 << 20))
+    export = tmp_path / "export"
+    export.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m,mode=0755", "grus-test-export", str(export)], check=True)
+    try:
+        (export / "balearica").mkdir()
+        (export / "other").mkdir()
+        (export / "other" / "keep").write_bytes(os.urandom(8192))
+        other_before = tree_state(export / "other")
+        free_before = os.statvfs(export).f_bavail * os.statvfs(export).f_frsize
+        command = receiver_command(tmp_path, export / "balearica", "--min-free", "16M", "--interval", "0.1")
+        sshd.authorize(f'restrict,command="{command}"')
+        # bwlimit: the receiver looks at the free space every 0.1 s; the file must not arrive between two looks.
+        args = sync_args(src, f"{sshd.user}@{sshd.host}:", tmp_path / "sync.lock", rsh=sshd.rsh, bwlimit="4M")
+        stopped = run_module("nfs_sync", args)
+        assert stopped.failed and stopped.result["kind"] == "key_holder_full", stopped.result
+        assert "stopped the transfer" in stopped.result["msg"], stopped.result
+        assert not (export / "balearica" / "bulk" / "big.bin").exists()
+        # rsync's partial file is gone: the export has its space back (the progress marker aside).
+        free_after = os.statvfs(export).f_bavail * os.statvfs(export).f_frsize
+        assert free_after >= free_before - (1 << 20), (free_before, free_after)
+        assert tree_state(export / "other") == other_before
+        marker = marker_of(export / "balearica")
+        assert marker["state"] in ("running", "failed")
+    finally:
+        sshd.authorize()
+        subprocess.run(["umount", str(export)], check=False)
