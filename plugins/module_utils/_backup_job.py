@@ -628,6 +628,8 @@ def drill(config: JobConfig, as_json: bool, runner=None) -> DrillReport:
     for error in report.errors:
         _say(f"grus-backup: FAILED: restore drill: {error}", sys.stderr)
     return report
+
+
 def wait_for_backups(state_dir: str, yielder, limit=BACKUP_WAIT_SECONDS, clock=time.monotonic, sleep=time.sleep):
     """Wait while a backup runs (it comes first), at most ``limit`` seconds or until told to yield."""
     start = clock()
@@ -795,15 +797,25 @@ def _run(args, runner, yielder=None) -> tuple:
         report = drill(config, args.json, runner=runner)
         return (EXIT_OK if report.passed else EXIT_ERROR), len(report.warnings), config, report
     if args.check or args.verify_data:
-        report = run_check(config, args.verify_data, runner=runner, yielder=yielder)
-        what = "borg check --verify-data" if args.verify_data else "borg check"
-        outcome = "FAILED" if report.errors else "yielded" if report.check_yielded else "ok"
-        if outcome == "ok" and not report.check_complete:
-            outcome = "ok (not complete)"
-        _say(f"grus-backup: {what} of {config.repo}: {outcome}")
-        for note in report.check_notes:
-            _say(f"grus-backup: {note}")
-        return _tell(report, args.json), len(report.warnings), config, report
+        return _run_check(args, config, runner, yielder)
+    return _run_backup(args, config, runner)
+
+
+def _run_check(args, config: JobConfig, runner, yielder) -> tuple:
+    """``--check`` / ``--verify-data``: the check, told in the journal."""
+    report = run_check(config, args.verify_data, runner=runner, yielder=yielder)
+    what = "borg check --verify-data" if args.verify_data else "borg check"
+    outcome = "FAILED" if report.errors else "yielded" if report.check_yielded else "ok"
+    if outcome == "ok" and not report.check_complete:
+        outcome = "ok (not complete)"
+    _say(f"grus-backup: {what} of {config.repo}: {outcome}")
+    for note in report.check_notes:
+        _say(f"grus-backup: {note}")
+    return _tell(report, args.json), len(report.warnings), config, report
+
+
+def _run_backup(args, config: JobConfig, runner) -> tuple:
+    """The backup and its prune, told in the journal (or as JSON)."""
     report = run_job(config, timestamp=args.timestamp, runner=runner, do_prune=False if args.no_prune else None)
     if args.json:
         _say(json.dumps(report.to_dict()))

@@ -144,7 +144,7 @@ def previous_value(path: str | None, name: str) -> float | None:
     """The first sample of ``name`` in the job's previous file (a gauge kept across runs), or None."""
     if not path:
         return None
-    pattern = _SUCCESS_RE if name == "grus_backup_job_last_success_timestamp_seconds" else _sample_re(name)
+    pattern = _sample_re(name)
     try:
         with open(path, encoding="utf-8") as handle:
             match = pattern.search(handle.read())

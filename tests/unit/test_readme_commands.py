@@ -34,6 +34,11 @@ EXERCISED = {
         "molecule/full/verify_installed.yml",
         "- grus.backup.borg_archive",
     ),
+    # The vault is the test's own extra-vars file; the playbook is the same.
+    "ansible-playbook -i inventories/production playbooks/rotate_passphrase.yml": (
+        "tests/integration/test_rotate_passphrase.py",
+        "rotate_passphrase.yml",
+    ),
     "group/grus.backup.borg": ("molecule/full/verify_installed.yml", "group/grus.backup.borg:"),
 }
 
