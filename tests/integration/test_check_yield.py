@@ -307,7 +307,7 @@ PLAYBOOK = """
 )
 def test_the_role_refuses_a_compaction_time_every_run_would_defer(tmp_path, extra, refused):
     """Deploy-time: a compaction time inside the quiet window before a backup would never compact."""
-    from conftest import ansible_env  # noqa: PLC0415 - the fixtures' module, on the tests' path
+    from conftest import ansible_env
 
     playbook = tmp_path / "validate.yml"
     playbook.write_text(PLAYBOOK)
