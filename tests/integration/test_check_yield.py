@@ -281,3 +281,48 @@ def test_compaction_holding_the_lock_when_the_backup_starts_the_backup_waits_and
             backup.communicate()
     assert holder.returncode == 0, holder.stderr.read()
     borg(job["env"], "check", str(job["repo"]))
+
+
+PLAYBOOK = """
+- hosts: localhost
+  connection: local
+  gather_facts: false
+  tasks:
+    - ansible.builtin.include_role:
+        name: grus.backup.repository_host
+        tasks_from: validate_schedule
+"""
+
+
+@pytest.mark.parametrize(
+    ("extra", "refused"),
+    [
+        ({}, None),  # the defaults: 02:00 + 30 min, 90 min before 04:00
+        ({"repository_host_compact_time": "03:30"}, "it is 30 minute(s) before one"),
+        ({"repository_host_compact_time": "03:30", "repository_host_compact_quiet_minutes": 0}, None),
+        ({"repository_host_compact_time": "3h"}, "repository_host_compact_time 3h (HH:MM)"),
+        ({"repository_host_backup_times": ["04:00", "25:00"]}, "25:00 (HH:MM)"),
+        ({"repository_host_backup_times": []}, None),  # no backups to keep clear of
+    ],
+)
+def test_the_role_refuses_a_compaction_time_every_run_would_defer(tmp_path, extra, refused):
+    """Deploy-time: a compaction time inside the quiet window before a backup would never compact."""
+    from conftest import ansible_env
+
+    playbook = tmp_path / "validate.yml"
+    playbook.write_text(PLAYBOOK)
+    env = ansible_env(tmp_path)
+    env["ANSIBLE_STDOUT_CALLBACK"] = "ansible.builtin.default"
+    proc = subprocess.run(
+        ["ansible-playbook", "-i", "localhost,", str(playbook), "-e", json.dumps(extra)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    if refused is None:
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    else:
+        assert proc.returncode != 0 and refused in proc.stdout, proc.stdout + proc.stderr
+        assert "nothing would ever be compacted" in proc.stdout
