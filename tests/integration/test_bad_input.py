@@ -18,6 +18,8 @@ from conftest import ansible_env
 from helpers import borg_cli, snapshot, ssh_repo
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+# The role's checks run alone, with the role's defaults as a play would have them (extra vars override).
+KEY_HOLDER_DEFAULTS = REPO_ROOT / "roles" / "key_holder" / "defaults" / "main.yml"
 JOB_MODULE = "ansible_collections.grus.backup.plugins.module_utils._backup_job"
 HOST_KEY_TEXT = "host key verification failed (possible man-in-the-middle, or the repository host was reinstalled)"
 
@@ -217,7 +219,8 @@ def test_key_holder_role_refuses_a_zero_retention_at_deploy(tmp_path, retention,
     playbook = tmp_path / "checks.yml"
     checks = REPO_ROOT / "roles" / "key_holder" / "tasks" / "checks.yml"
     playbook.write_text(
-        f"- hosts: localhost\n  gather_facts: false\n  tasks:\n    - ansible.builtin.import_tasks: {checks}\n"
+        f"- hosts: localhost\n  gather_facts: false\n  vars_files: [{KEY_HOLDER_DEFAULTS}]\n"
+        f"  tasks:\n    - ansible.builtin.import_tasks: {checks}\n"
     )
     proc = subprocess.run(
         [
@@ -254,7 +257,8 @@ def test_key_holder_role_refuses_paths_its_hardened_units_cannot_see(tmp_path, e
     playbook = tmp_path / "checks.yml"
     checks = REPO_ROOT / "roles" / "key_holder" / "tasks" / "checks.yml"
     playbook.write_text(
-        f"- hosts: localhost\n  gather_facts: false\n  tasks:\n    - ansible.builtin.import_tasks: {checks}\n"
+        f"- hosts: localhost\n  gather_facts: false\n  vars_files: [{KEY_HOLDER_DEFAULTS}]\n"
+        f"  tasks:\n    - ansible.builtin.import_tasks: {checks}\n"
     )
     defaults = {
         "key_holder_retention": "14d",
