@@ -81,13 +81,14 @@ test: deps
 	echo "gates: $$passed passed, $$failed failed"; \
 	[ $$failed -eq 0 ]
 
-lint: deps
+# The docs lint reads the installed tarball: what users get, and no .venv for antsibull-docs to copy.
+lint: tarball
 	$(BIN)/ruff check $(ROOT)
 	$(BIN)/ruff format --check $(ROOT)/plugins $(ROOT)/tests $(ROOT)/bench
 	$(BIN)/yamllint --strict $(ROOT)
 	cd $(ROOT) && $(BIN)/ansible-lint --strict
 	cd $(ROOT) && $(BIN)/antsibull-changelog lint
-	cd $(COLLECTIONS)/ansible_collections/grus/backup && \
+	cd $(BUILD)/installed/ansible_collections/grus/backup && \
 	  $(BIN)/antsibull-docs lint-collection-docs --plugin-docs --skip-rstcheck .
 
 # ansible-test wants the collection in an ansible_collections/grus/backup tree of its own
