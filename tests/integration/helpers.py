@@ -6,7 +6,11 @@ import hashlib
 import os
 import socket
 import subprocess
+import sys
 from pathlib import Path
+
+JOB_MODULE = "ansible_collections.grus.backup.plugins.module_utils._backup_job"
+COLLECTIONS = Path(__file__).resolve().parents[2] / ".build" / "collections"
 
 
 def snapshot(root: Path) -> dict:
@@ -83,3 +87,43 @@ def borg_cli(args, passphrase, borg_home, rsh=None, check=True, cwd=None):
     if check and proc.returncode != 0:
         raise AssertionError(f"borg {args} failed: {proc.stderr}")
     return proc
+
+
+def job_env() -> dict:
+    """The scheduled job's environment: none of the caller's BORG_* variables, the collection importable."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BORG_")}
+    env["PYTHONPATH"] = str(COLLECTIONS)
+    return env
+
+
+def job_argv(config_path: Path, *extra) -> list:
+    """The scheduled job's command line, as the unit runs it (``grus-backup-run``)."""
+    return [sys.executable, "-m", JOB_MODULE, "--config", str(config_path), *extra]
+
+
+def run_job(config_path: Path, *extra, timeout: int = 300) -> subprocess.CompletedProcess:
+    """One run of the scheduled job, to its end."""
+    return subprocess.run(
+        job_argv(config_path, *extra),
+        env=job_env(),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def job_config(tmp_path: Path, repo: str, export: Path, secret: Path, **more) -> dict:
+    """The key holder's job configuration for a repository and an export under tmp_path; ``more`` adds or overrides."""
+    cfg = {
+        "repo": repo,
+        "paths": [str(export)],
+        "passcommand": f"cat {secret}",
+        "base_dir": str(tmp_path / "borgbase"),
+        "keys_dir": str(tmp_path / "keys"),
+        "host_id": "integration-key-holder",
+        "lock_wait": 5,
+    }
+    cfg.update(more)
+    return cfg

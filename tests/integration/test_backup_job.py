@@ -5,15 +5,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from helpers import passphrase_file, write_export
+from helpers import job_config, passphrase_file, run_job, write_export
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-JOB_MODULE = "ansible_collections.grus.backup.plugins.module_utils._backup_job"
 PASSPHRASE = "integration-passphrase-not-secret-0042"  # noqa: S105 - a throw-away test value
 
 
@@ -43,34 +40,22 @@ def job(tmp_path):
     env.pop("BORG_PASSPHRASE", None)
     repo = tmp_path / "repo"
     borg(env, "init", "--encryption", "keyfile-blake2", "--append-only", str(repo))
-    cfg = {
-        "repo": str(repo),
-        "paths": [str(export)],
-        "passcommand": f"cat {secret}",
-        "base_dir": str(tmp_path / "borgbase"),
-        "keys_dir": str(tmp_path / "keys"),
-        "host_id": "integration-key-holder",
-        "lock_wait": 5,
-        "exclude": [f"sh:{export}/*/connection-logs"],
-        "sources": [{"path": str(export / "antigone" / "data")}, {"path": str(export / "balearica")}],
-        "markers": [{"path": str(export / "balearica" / ".grus-sync.json"), "max_age_minutes": 60}],
-        "max_deletions": 3,
-        "state_dir": str(tmp_path / "state"),
-    }
+    cfg = job_config(
+        tmp_path,
+        str(repo),
+        export,
+        secret,
+        exclude=[f"sh:{export}/*/connection-logs"],
+        sources=[{"path": str(export / "antigone" / "data")}, {"path": str(export / "balearica")}],
+        markers=[{"path": str(export / "balearica" / ".grus-sync.json"), "max_age_minutes": 60}],
+        max_deletions=3,
+        state_dir=str(tmp_path / "state"),
+    )
     config_path = tmp_path / "backup.json"
     config_path.write_text(json.dumps(cfg))
 
     def run(*extra):
-        env_run = {k: v for k, v in os.environ.items() if not k.startswith("BORG_")}
-        env_run["PYTHONPATH"] = str(REPO_ROOT / ".build" / "collections")
-        return subprocess.run(
-            [sys.executable, "-m", JOB_MODULE, "--config", str(config_path), "--json", *extra],
-            env=env_run,
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=300,
-        )
+        return run_job(config_path, "--json", *extra)
 
     return {"run": run, "env": env, "repo": str(repo), "export": export, "cfg": cfg, "path": config_path}
 

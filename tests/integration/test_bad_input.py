@@ -6,21 +6,18 @@ byte-identical (and their archives listed), synced copies unchanged.
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import subprocess
-import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 from conftest import ansible_env
-from helpers import borg_cli, snapshot, ssh_repo
+from helpers import borg_cli, run_job, snapshot, ssh_repo
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # The role's checks run alone, with the role's defaults as a play would have them (extra vars override).
 KEY_HOLDER_DEFAULTS = REPO_ROOT / "roles" / "key_holder" / "defaults" / "main.yml"
-JOB_MODULE = "ansible_collections.grus.backup.plugins.module_utils._backup_job"
 HOST_KEY_TEXT = "host key verification failed (possible man-in-the-middle, or the repository host was reinstalled)"
 
 
@@ -125,18 +122,9 @@ def test_bad_borg_module_input_is_refused_and_the_repository_is_byte_identical(r
 # ---- 4, 5, 6: the scheduled backup job -------------------------------------------------------------
 
 
-def run_job(config: dict, path: Path, *extra):
+def run_configured_job(config: dict, path: Path, *extra):
     path.write_text(json.dumps(config))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BORG_")}
-    env["PYTHONPATH"] = str(REPO_ROOT / ".build" / "collections")
-    return subprocess.run(
-        [sys.executable, "-m", JOB_MODULE, "--config", str(path), *extra],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-    )
+    return run_job(path, *extra, timeout=120)
 
 
 def test_job_refuses_a_future_timestamp_and_bad_configuration(world, tmp_path):
@@ -152,7 +140,7 @@ def test_job_refuses_a_future_timestamp_and_bad_configuration(world, tmp_path):
         "base_dir": str(world.home),
     }
     future = (datetime.now(timezone.utc) + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%S")  # noqa: UP017
-    proc = run_job(cfg, tmp_path / "backup.json", "--timestamp", future)
+    proc = run_configured_job(cfg, tmp_path / "backup.json", "--timestamp", future)
     assert proc.returncode == 2
     assert f"FAILED (usage): --timestamp: timestamp '{future}' lies in the future" in proc.stderr
     for extra, fragment in [
@@ -163,7 +151,7 @@ def test_job_refuses_a_future_timestamp_and_bad_configuration(world, tmp_path):
         ({"files_cache": "inode"}, "invalid files_cache 'inode'"),
         ({"retention": {"keep_within": "0H"}}, "keep_within='0H' is a zero interval"),
     ]:
-        proc = run_job(dict(cfg, **extra), tmp_path / "backup.json")
+        proc = run_configured_job(dict(cfg, **extra), tmp_path / "backup.json")
         assert proc.returncode == 2, (extra, proc.stdout, proc.stderr)
         assert "FAILED (usage)" in proc.stderr and fragment in proc.stderr, (extra, proc.stderr)
         assert world.passphrase not in proc.stdout + proc.stderr

@@ -16,15 +16,12 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from helpers import passphrase_file, ssh_repo, write_export
+from helpers import job_argv, job_config, job_env, passphrase_file, ssh_repo, write_export
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-JOB_MODULE = "ansible_collections.grus.backup.plugins.module_utils._backup_job"
 PASSPHRASE = "integration-passphrase-not-secret-0043"  # noqa: S105 - a throw-away test value
 POLL = 0.01
 BOUND = 60  # seconds: every wait of this file gives up after this (no test hangs)
@@ -65,30 +62,25 @@ def make_job(tmp_path, sshd=None):
         url = ssh_repo(sshd, repo)
         env["BORG_RSH"] = sshd.rsh
     borg(env, "init", "--encryption", "keyfile-blake2", "--append-only", url)
-    cfg = {
-        "repo": url,
-        "rsh": sshd.rsh if sshd else None,
-        "paths": [str(export)],
-        "passcommand": f"cat {secret}",
-        "base_dir": str(tmp_path / "borgbase"),
-        "keys_dir": str(tmp_path / "keys"),
-        "host_id": "integration-key-holder",
-        # Short: without the yield, the backup would fail on the check's lock after 5 s.
-        "lock_wait": 5,
-        "sources": [{"path": str(export / "antigone")}],
-        "state_dir": str(tmp_path / "state"),
-        "yield_wait": BOUND,
-    }
+    # lock_wait 5 s (job_config's): without the yield, the backup would fail on the check's lock after 5 s.
+    cfg = job_config(
+        tmp_path,
+        url,
+        export,
+        secret,
+        rsh=sshd.rsh if sshd else None,
+        sources=[{"path": str(export / "antigone")}],
+        state_dir=str(tmp_path / "state"),
+        yield_wait=BOUND,
+    )
     config_path = tmp_path / "backup.json"
     config_path.write_text(json.dumps(cfg))
     metrics = tmp_path / "metrics"
     metrics.mkdir()
 
     def start(*extra):
-        env_run = {k: v for k, v in os.environ.items() if not k.startswith("BORG_")}
-        env_run["PYTHONPATH"] = str(REPO_ROOT / ".build" / "collections")
-        argv = [sys.executable, "-m", JOB_MODULE, "--config", str(config_path), "--metrics-dir", str(metrics)]
-        return subprocess.Popen([*argv, *extra], env=env_run, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        argv = job_argv(config_path, "--metrics-dir", str(metrics), *extra)
+        return subprocess.Popen(argv, env=job_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     def run(*extra):
         proc = start(*extra)

@@ -29,10 +29,9 @@ from ansible_collections.grus.backup.plugins.module_utils._borg_argv import borg
 from ansible_collections.grus.backup.plugins.module_utils._borg_failures import BorgError
 from ansible_collections.grus.backup.plugins.module_utils._borg_repo import BorgRepo, list_archives, prune
 from ansible_collections.grus.backup.plugins.module_utils._runner import build_env, run
-from helpers import ssh_repo
+from helpers import run_job, ssh_repo
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-JOB_MODULE = "ansible_collections.grus.backup.plugins.module_utils._backup_job"
 PASSPHRASE = "faults-passphrase-not-secret-7731"  # noqa: S105 - a throw-away test value
 HOST_ID = "faults-key-holder"
 MIB = 1024 * 1024
@@ -167,17 +166,7 @@ class World:
         """The scheduled run, as systemd starts it; returns (rc, report, stderr)."""
         path = config_path or self.config_path
         path.write_text(json.dumps(cfg))
-        env = {k: v for k, v in os.environ.items() if not k.startswith("BORG_")}
-        env["PYTHONPATH"] = str(REPO_ROOT / ".build" / "collections")
-        proc = subprocess.run(
-            [sys.executable, "-m", JOB_MODULE, "--config", str(path), "--json", *extra],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=timeout,
-            stdin=subprocess.DEVNULL,
-        )
+        proc = run_job(path, "--json", *extra, timeout=timeout)
         try:
             report = json.loads(proc.stdout)
         except ValueError as exc:

@@ -11,14 +11,11 @@ import os
 import shutil
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from helpers import passphrase_file, snapshot, write_export
+from helpers import job_config, passphrase_file, run_job, snapshot, write_export
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-JOB_MODULE = "ansible_collections.grus.backup.plugins.module_utils._backup_job"
 PASSPHRASE = "integration-drill-passphrase-0042"  # noqa: S105 - a throw-away test value
 BIG = "antigone/data/big.bin"  # a canary: 3 MB of random bytes, in a chunk of its own
 
@@ -41,34 +38,22 @@ def job(tmp_path):
     state = tmp_path / "state"
     metrics = tmp_path / "metrics"
     metrics.mkdir()
-    cfg = {
-        "repo": str(repo),
-        "paths": [str(export)],
-        "passcommand": f"cat {secret}",
-        "base_dir": str(tmp_path / "borgbase"),
-        "keys_dir": str(tmp_path / "keys"),
-        "host_id": "integration-key-holder",
-        "lock_wait": 5,
-        "exclude": [f"sh:{export}/*/connection-logs"],
-        "state_dir": str(state),
-        "drill_canaries": [BIG],
-        "drill_sample_files": 5,
-        "drill_sample_bytes": 3_000_000 + 2000,
-    }
+    cfg = job_config(
+        tmp_path,
+        str(repo),
+        export,
+        secret,
+        exclude=[f"sh:{export}/*/connection-logs"],
+        state_dir=str(state),
+        drill_canaries=[BIG],
+        drill_sample_files=5,
+        drill_sample_bytes=3_000_000 + 2000,
+    )
     config_path = tmp_path / "backup.json"
     config_path.write_text(json.dumps(cfg))
 
     def run(*extra):
-        env_run = {k: v for k, v in os.environ.items() if not k.startswith("BORG_")}
-        env_run["PYTHONPATH"] = str(REPO_ROOT / ".build" / "collections")
-        proc = subprocess.run(
-            [sys.executable, "-m", JOB_MODULE, "--config", str(config_path), "--json", *extra],
-            env=env_run,
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=300,
-        )
+        proc = run_job(config_path, "--json", *extra)
         assert PASSPHRASE not in proc.stdout + proc.stderr
         return proc
 
