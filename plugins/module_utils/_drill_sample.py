@@ -48,7 +48,7 @@ def check_relative(path) -> str:
     """A path relative to the export (a canary, a recorded path): normalised; absolute or ``..`` refused."""
     text = str(path or "").strip()
     normal = os.path.normpath(text) if text else ""
-    if not text or os.path.isabs(text) or normal == "." or normal.split(os.sep)[0] == "..":
+    if not text or os.path.isabs(text) or normal == "." or normal.split(os.sep, maxsplit=1)[0] == "..":
         raise SampleError(f"{path!r} is not a path relative to the export (no leading /, no ..)")
     return normal
 
