@@ -120,7 +120,7 @@ integration: deps
 # Each scenario names its Debian release in molecule.yml (image grus-backup-<suite>); `full` and
 # `full_bookworm` deploy from the tarball `make tarball` installs (.build/installed), as a user would.
 # MOLECULE_LANES scenarios run at once (tests/testbed/molecule.sh); the longest start first.
-MOLECULE_LANES ?= 3
+MOLECULE_LANES ?= 2
 
 molecule: deps tarball
 	@eval "$$($(TESTBED) engine)"; cd $(ROOT); \

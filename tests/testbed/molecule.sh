@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# make molecule: run Molecule scenarios, MOLECULE_LANES at a time (make passes 3). Each scenario has its own
+# make molecule: run Molecule scenarios, MOLECULE_LANES at a time (make passes 2). Each scenario has its own
 # containers, network and Molecule state; its output goes to .build/molecule/<scenario>.log and is printed
 # in one piece when it ends. Scenarios are started in the order given (make passes the longest first).
 # The name `demo` runs the README's `make demo` (its own three containers) as one of them.
