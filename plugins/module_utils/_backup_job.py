@@ -66,10 +66,9 @@ How a run goes, and why:
 ``--check`` and ``--verify-data`` run ``borg check`` (the weekly and monthly units) with the same
 metrics and pings, as the tasks ``check`` and ``verify_data``. ``--drill`` runs the restore drill
 (``_restore_drill``, the weekly drill unit) as the task ``drill``: exit 0 when it passed, 2 otherwise.
-metrics and pings, as the tasks ``check`` and ``verify_data``. Backups come first
-(``_check_yield``): a backup makes a running check or verify let go of the repository lock before
-its ``borg create``; the check says it yielded and exits 0, and a check waits for a running backup
-before it starts. With ``check_max_duration`` the check's repository part is a partial, resumable
+Backups come first (``_check_yield``): a backup makes a running check or verify let go of the
+repository lock before its ``borg create``; the check says it yielded and exits 0, and a check waits
+for a running backup before it starts. With ``check_max_duration`` the check's repository part is a partial, resumable
 ``borg check --repository-only --max-duration`` (the archives' metadata are checked every run); a
 check is "complete" when its repository pass reached the end and the archives passed, and the
 metric ``grus_backup_check_last_complete_timestamp_seconds`` says when that last happened.
@@ -604,10 +603,8 @@ def record_drill(metrics: _metrics.JobMetrics, config: JobConfig, report: DrillR
         metrics.set("grus_backup_drill_duration_seconds", report.duration_seconds, **where)
         archive_time = parse_archive_time(report.archive_time)
         metrics.set("grus_backup_drill_archive_timestamp_seconds", archive_time and archive_time.timestamp(), **where)
-    success = time.time() if report.passed else None
-    if success is None:
-        success = _metrics.previous_value(metrics.path, "grus_backup_drill_last_success_timestamp_seconds")
-    metrics.set("grus_backup_drill_last_success_timestamp_seconds", success, **where)
+    passed = metrics.clock() if report.passed else None
+    metrics.set_kept("grus_backup_drill_last_success_timestamp_seconds", passed, **where)
 
 
 def drill(config: JobConfig, as_json: bool, runner=None) -> DrillReport:
@@ -692,12 +689,8 @@ def record_check(metrics: _metrics.JobMetrics, report: JobReport, rc: int) -> No
     """
     job = {"task": metrics.task, "repository": metrics.repository}
     metrics.set("grus_backup_check_yielded", 1 if report.check_yielded else 0, **job)
-    if report.check_complete and rc in (EXIT_OK, EXIT_WARNING):
-        complete = metrics.clock()
-    else:
-        complete = _metrics.previous_value(metrics.path, "grus_backup_check_last_complete_timestamp_seconds")
-        complete = metrics.started if complete is None else complete
-    metrics.set("grus_backup_check_last_complete_timestamp_seconds", complete, **job)
+    complete = metrics.clock() if report.check_complete and rc in (EXIT_OK, EXIT_WARNING) else None
+    metrics.set_kept("grus_backup_check_last_complete_timestamp_seconds", complete, first=metrics.started, **job)
 
 
 def _finish(metrics: _metrics.JobMetrics, pinger: _ping.Pinger, rc: int, warnings=0) -> None:

@@ -135,11 +135,6 @@ def file_name(task: str, instance: str = "") -> str:
     return f"grus_backup_{task}{'_' + _SAFE_NAME.sub('_', instance) if instance else ''}.prom"
 
 
-def previous_success(path: str) -> float | None:
-    """The last success time in the job's previous file (one job per file), or None."""
-    return previous_value(path, "grus_backup_job_last_success_timestamp_seconds")
-
-
 def previous_value(path: str | None, name: str) -> float | None:
     """The first sample of ``name`` in the job's previous file (a gauge kept across runs), or None."""
     if not path:
@@ -179,6 +174,12 @@ class JobMetrics:
             raise KeyError(f"{name} takes the labels {names}, not {sorted(labels)}")
         self.samples.setdefault(name, []).append(({k: str(labels[k]) for k in names}, float(value)))
 
+    def set_kept(self, name: str, moment, first=None, **labels) -> None:
+        """A time kept across runs: ``moment`` when this run sets it, else the previous file's, else ``first``."""
+        if moment is None:
+            moment = previous_value(self.path, name)
+        self.set(name, first if moment is None else moment, **labels)
+
     @property
     def path(self) -> str | None:
         return os.path.join(self.directory, file_name(self.task, self.instance)) if self.directory else None
@@ -194,8 +195,7 @@ class JobMetrics:
         self.set("grus_backup_job_duration_seconds", max(0.0, ended - self.started), **job)
         self.set("grus_backup_job_exit_status", exit_status, **job)
         self.set("grus_backup_job_warnings", warnings, **job)
-        success = ended if exit_status in (0, 1) else previous_success(self.path)
-        self.set("grus_backup_job_last_success_timestamp_seconds", success, **job)
+        self.set_kept("grus_backup_job_last_success_timestamp_seconds", ended if exit_status in (0, 1) else None, **job)
         return write(self.path, self.samples)
 
 
