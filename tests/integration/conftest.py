@@ -59,6 +59,27 @@ def ansible_env(tmp_dir: Path | None = None) -> dict:
     return env
 
 
+def run_role_tasks(
+    tmp_path: Path, role: str, tasks_from: str, extra_vars: dict, *, callback: str = "ansible.builtin.json", timeout=300
+) -> subprocess.CompletedProcess:
+    """One task file of a role run on localhost as a play runs it: the role's defaults, ``extra_vars`` over them."""
+    playbook = tmp_path / f"{role}-{tasks_from}.yml"
+    playbook.write_text(
+        "- hosts: localhost\n  connection: local\n  gather_facts: false\n  tasks:\n"
+        f"    - ansible.builtin.include_role:\n        name: grus.backup.{role}\n        tasks_from: {tasks_from}\n"
+    )
+    env = ansible_env(tmp_path)
+    env["ANSIBLE_STDOUT_CALLBACK"] = callback
+    return subprocess.run(
+        ["ansible-playbook", "-i", "localhost,", str(playbook), "-e", json.dumps(extra_vars)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=timeout,
+    )
+
+
 @dataclass
 class ModuleRun:
     rc: int

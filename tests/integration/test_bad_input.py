@@ -13,12 +13,9 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from conftest import ansible_env
+from conftest import run_role_tasks
 from helpers import borg_cli, run_job, snapshot, ssh_repo
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-# The role's checks run alone, with the role's defaults as a play would have them (extra vars override).
-KEY_HOLDER_DEFAULTS = REPO_ROOT / "roles" / "key_holder" / "defaults" / "main.yml"
 HOST_KEY_TEXT = "host key verification failed (possible man-in-the-middle, or the repository host was reinstalled)"
 
 
@@ -205,29 +202,7 @@ def test_nfs_sync_marker_named_like_a_volume_is_refused_and_defaults_guard_a_wip
 
 @pytest.mark.parametrize(("retention", "ok"), [("0d", False), ("00H", False), ("0w", False), ("14d", True)])
 def test_key_holder_role_refuses_a_zero_retention_at_deploy(tmp_path, retention, ok):
-    playbook = tmp_path / "checks.yml"
-    checks = REPO_ROOT / "roles" / "key_holder" / "tasks" / "checks.yml"
-    playbook.write_text(
-        f"- hosts: localhost\n  gather_facts: false\n  vars_files: [{KEY_HOLDER_DEFAULTS}]\n"
-        f"  tasks:\n    - ansible.builtin.import_tasks: {checks}\n"
-    )
-    proc = subprocess.run(
-        [
-            "ansible-playbook",
-            "-i",
-            "localhost,",
-            "-c",
-            "local",
-            "-e",
-            f"key_holder_retention={retention}",
-            str(playbook),
-        ],
-        env=ansible_env(tmp_path),
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-    )
+    proc = run_role_tasks(tmp_path, "key_holder", "checks", {"key_holder_retention": retention}, timeout=120)
     assert (proc.returncode == 0) is ok, proc.stdout + proc.stderr
     if not ok:
         assert f"key_holder_retention={retention} is not a positive interval" in proc.stdout
@@ -243,26 +218,13 @@ def test_key_holder_role_refuses_a_zero_retention_at_deploy(tmp_path, retention,
     ],
 )
 def test_key_holder_role_refuses_paths_its_hardened_units_cannot_see(tmp_path, extra, hidden):
-    playbook = tmp_path / "checks.yml"
-    checks = REPO_ROOT / "roles" / "key_holder" / "tasks" / "checks.yml"
-    playbook.write_text(
-        f"- hosts: localhost\n  gather_facts: false\n  vars_files: [{KEY_HOLDER_DEFAULTS}]\n"
-        f"  tasks:\n    - ansible.builtin.import_tasks: {checks}\n"
-    )
     defaults = {
         "key_holder_retention": "14d",
         "key_holder_export_dir": "/srv/grus/export",
         "key_holder_local_repository": "/srv/borg-local/repo",
         "key_holder_sources": [],
     }
-    proc = subprocess.run(
-        ["ansible-playbook", "-i", "localhost,", "-c", "local", "-e", json.dumps({**defaults, **extra}), str(playbook)],
-        env=ansible_env(tmp_path),
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-    )
+    proc = run_role_tasks(tmp_path, "key_holder", "checks", {**defaults, **extra}, timeout=120)
     assert (proc.returncode == 0) is (hidden is None), proc.stdout + proc.stderr
     if hidden:
         assert f"{hidden}: under /root, /home or /run/user" in proc.stdout

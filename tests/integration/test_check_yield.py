@@ -275,17 +275,6 @@ def test_compaction_holding_the_lock_when_the_backup_starts_the_backup_waits_and
     borg(job["env"], "check", str(job["repo"]))
 
 
-PLAYBOOK = """
-- hosts: localhost
-  connection: local
-  gather_facts: false
-  tasks:
-    - ansible.builtin.include_role:
-        name: grus.backup.repository_host
-        tasks_from: validate_schedule
-"""
-
-
 @pytest.mark.parametrize(
     ("extra", "refused"),
     [
@@ -299,20 +288,9 @@ PLAYBOOK = """
 )
 def test_the_role_refuses_a_compaction_time_every_run_would_defer(tmp_path, extra, refused):
     """Deploy-time: a compaction time inside the quiet window before a backup would never compact."""
-    from conftest import ansible_env
+    from conftest import run_role_tasks
 
-    playbook = tmp_path / "validate.yml"
-    playbook.write_text(PLAYBOOK)
-    env = ansible_env(tmp_path)
-    env["ANSIBLE_STDOUT_CALLBACK"] = "ansible.builtin.default"
-    proc = subprocess.run(
-        ["ansible-playbook", "-i", "localhost,", str(playbook), "-e", json.dumps(extra)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    proc = run_role_tasks(tmp_path, "repository_host", "validate_schedule", extra, callback="ansible.builtin.default")
     if refused is None:
         assert proc.returncode == 0, proc.stdout + proc.stderr
     else:
