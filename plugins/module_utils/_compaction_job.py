@@ -34,12 +34,14 @@ layer 2: may import _runner, _metrics, _ping, _segments
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import pwd
 import re
 import shutil
 import sys
+import tempfile
 import time
 
 from . import _metrics, _ping, _segments
@@ -344,6 +346,27 @@ def due(stamp: str, interval_days: float) -> bool:
     return age >= interval_days * 86400 - DUE_SLACK_SECONDS
 
 
+def write_stamp(stamp: str, start: float) -> None:
+    """A new file replaces the stamp (temp, fsync, its mtime set on our own fd, rename): root owns it.
+
+    The unit has no CAP_FOWNER, so root cannot ``utime`` a stamp another user owns (an older role made
+    it ``borg-<repo>``'s): only a file it created itself can take the compaction's start as its time.
+    """
+    directory = os.path.dirname(os.path.abspath(stamp))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(stamp)}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(f"grus.backup: last compaction started {utc(start)}\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+            os.utime(handle.fileno(), (start, start))
+        os.replace(tmp, stamp)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
 def parse_backup_times(text: str) -> list:
     """``"00:00,04:00"`` -> ``[(0, 0), (4, 0)]``; a clear error for anything else."""
     times = []
@@ -514,9 +537,7 @@ def scheduled_run(args, observed: dict | None = None) -> int:
     transactions = observed["transactions"] = _segments.read_transactions(repo)
     if transactions:
         write_watermark(repo, state_dir, transactions[-1].number)
-    with open(args.stamp, "w", encoding="utf-8") as fd:
-        fd.write(f"grus.backup: last compaction started {utc(start)}\n")
-    os.utime(args.stamp, (start, start))
+    write_stamp(args.stamp, start)
     say(f"compacted {args.repo}")
     return 0
 

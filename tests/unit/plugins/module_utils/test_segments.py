@@ -123,11 +123,36 @@ def test_a_mass_delete_is_suspicious_and_a_prune_is_not(repo):
     assert mass.suspicious and "deleted 290 of 290 live objects (100%" in mass.reason
 
 
-def test_the_floor_spares_a_small_repository(repo):
-    repo.transaction(*(put(n) for n in range(10)))
-    repo.transaction(*(delete(n) for n in range(10)))
+def test_the_floor_spares_a_small_prune_of_a_small_repository(repo):
+    repo.transaction(put(0, 50), *(put(n) for n in range(1, 11)))  # manifest and 10 objects
+    repo.transaction(delete(0), put(0, 60), *(delete(n) for n in range(1, 6)))  # half of them
     assert not read_transactions(str(repo.root), Thresholds(0.2, 100))[-1].suspicious
     assert read_transactions(str(repo.root), Thresholds(0.2, 5))[-1].suspicious
+
+
+def test_a_total_deletion_is_suspicious_at_any_size_the_manifest_aside(repo):
+    """The demo's delete of every archive: 12 of 13 live objects, the 13th the manifest (rewritten)."""
+    repo.transaction(put(0, 50), *(put(n) for n in range(1, 13)))
+    repo.transaction(delete(0), put(0, 60), *(delete(n) for n in range(1, 13)))
+    total = read_transactions(str(repo.root), Thresholds(0.2, 100))[-1]
+    assert (total.objects_deleted, total.live_objects_before, total.live_data_objects_before) == (12, 13, 12)
+    assert total.objects_rewritten == 1 and total.deleted_data_share == 1.0
+    assert total.suspicious and "deleted 12 of 13 live objects (100% of all but the manifest" in total.reason
+    assert "suspicious at any size" in total.reason
+    # One object, the only one: still everything.
+    repo.transaction(put(20))
+    repo.transaction(delete(0), put(0, 60), delete(20))
+    assert read_transactions(str(repo.root), Thresholds(0.2, 100))[-1].suspicious
+    # Above 1, max_share turns the audit off (tests that compact a deleted repository on purpose).
+    assert not any(t.suspicious for t in read_transactions(str(repo.root), Thresholds(2, 100)))
+
+
+@pytest.mark.parametrize(("deleted", "suspicious"), [(8, False), (9, True), (10, True)])
+def test_nearly_everything_is_the_total_deletion_share(repo, deleted, suspicious):
+    assert _segments.TOTAL_DELETION_SHARE == 0.9
+    repo.transaction(put(0, 50), *(put(n) for n in range(1, 11)))
+    repo.transaction(delete(0), put(0, 60), *(delete(n) for n in range(1, deleted + 1)))
+    assert read_transactions(str(repo.root), Thresholds(0.2, 100))[-1].suspicious is suspicious
 
 
 def test_intermediate_commits_in_one_segment_are_transactions_of_their_own(repo):
