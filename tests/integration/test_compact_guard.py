@@ -6,7 +6,8 @@ the entry point ``grus-borg-compact`` has only ``{{ ansible_managed }}``), the j
 module_utils shipped as the role ships them (a ``grus_backup`` package), and the entry point runs with the
 exact argument list of the unit's ``ExecStart=`` (the repository user replaced by the test's own, which owns
 the test repository) and the unit's environment (``HOME`` only). The repository is append-only and holds
-one archive that a client deleted (only logically); rolled back as ``recover_append_only`` does,
+an older archive and one that a client deleted (only logically: a prune, not every archive, which the deletion
+audit would hold at any size); rolled back as ``recover_append_only`` does,
 that state restores the archive byte-identical (proven once, on a copy). A tampered
 ``authorized_keys`` must fail the run (exit 2, so the unit fails and ``OnFailure=`` alerts) and
 leave the repository byte-identical to that recoverable state.
@@ -16,10 +17,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pwd
 import re
 import shlex
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +38,7 @@ LIB_DIR = "/usr/local/lib/grus-backup"
 QUOTA = "1T"  # the role's default
 NAME = "client-a"
 ARCHIVE = "antigone-2026-01-01T00:00:00Z"
+KEPT = "antigone-2025-12-31T20:00:00Z"
 MIB = 1024 * 1024
 CLIENT_KEYS = [
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJ2aFqKVbmlg0wPVMYcpA4Dm8Rz+qfFQ4w4p0jXlYB2m antigone",
@@ -106,12 +110,14 @@ def pristine(tmp_path_factory) -> Pristine:
     data = base / "data.bin"
     data.write_bytes(os.urandom(4 * MIB))
     borg(home, "init", "--encryption", "none", "--append-only", str(repo))
+    (base / "kept.bin").write_bytes(os.urandom(4096))
+    borg(home, "create", "--compression", "none", f"{repo}::{KEPT}", str(base / "kept.bin"))
     # No compression: the chunks sit in the segments as they are, so compaction frees their size.
     borg(home, "create", "--compression", "none", f"{repo}::{ARCHIVE}", str(data))
     last_good = segment_numbers(repo)[-1]
     borg(home, "delete", f"{repo}::{ARCHIVE}")
     listed = borg(home, "list", "--short", str(repo)).stdout.decode().split()
-    assert listed == [], listed
+    assert listed == [KEPT], listed
     assert segment_numbers(repo)[-1] > last_good
     state = snapshot(repo)
     assert_deleted_archive_recoverable(repo, last_good, hashlib.sha256(data.read_bytes()).hexdigest(), base)
@@ -131,7 +137,7 @@ def assert_deleted_archive_recoverable(repo: Path, last_good_segment: int, data_
             path.unlink()
     fresh_home = tmp / "fresh-borg-home"  # a key holder that dropped its cache and security record
     listed = borg(fresh_home, "list", "--short", str(copy)).stdout.decode().split()
-    assert listed == [ARCHIVE]
+    assert sorted(listed) == sorted([KEPT, ARCHIVE])
     restored = borg(fresh_home, "extract", "--stdout", f"{copy}::{ARCHIVE}").stdout
     assert hashlib.sha256(restored).hexdigest() == data_sha256
 
@@ -159,8 +165,6 @@ def forced_prefix(repo: Path, quota: str = QUOTA) -> str:
 
 
 def current_user() -> str:
-    import pwd
-
     return pwd.getpwuid(os.geteuid()).pw_name
 
 
@@ -448,3 +452,44 @@ def test_called_the_old_way_with_three_arguments_is_an_error(host):
     assert proc.returncode == 2
     assert "usage" in proc.stderr and "AUTHORIZED_KEYS" in proc.stderr
     assert snapshot(host.repo) == before
+
+
+def unit_capabilities() -> list[str]:
+    """The unit's CapabilityBoundingSet=, as setpriv names them (``dac_override``, ...)."""
+    unit = (TEMPLATES / "grus-borg-compact@.service.j2").read_text()
+    (line,) = re.findall(r"^CapabilityBoundingSet=(.*)$", unit, re.MULTILINE)
+    return [cap.removeprefix("CAP_").lower() for cap in line.split()]
+
+
+def in_the_units_bounding_set(argv: list[str]) -> list[str]:
+    """Root as the unit runs it: only the unit's capabilities (no CAP_FOWNER), none inheritable."""
+    caps = ",".join(f"+{cap}" for cap in unit_capabilities())
+    return ["setpriv", "--inh-caps=-all", f"--bounding-set=-all,{caps}", "--", *argv]
+
+
+def test_a_due_compaction_replaces_a_stamp_another_user_owns_without_cap_fowner(host, pristine):
+    """The measured failure: the role made the stamp borg-<repo>'s, and root without CAP_FOWNER cannot utime it.
+
+    Run within the unit's capability bounding set, the old ``open(stamp, "w")`` + ``os.utime`` ended in a
+    PermissionError after the compaction; the stamp is now a new file of root's renamed over the old one.
+    """
+    assert "fowner" not in unit_capabilities()
+    host.stamp.write_text("grus.backup: compaction delay counted from this file's time\n")
+    os.chown(host.stamp, pwd.getpwnam("nobody").pw_uid, pwd.getpwnam("nobody").pw_gid)
+    aged = time.time() - 30 * 86400
+    os.utime(host.stamp, (aged, aged))
+    before = data_bytes(host.repo)
+
+    proc = host.run(in_the_units_bounding_set(host.unit_argv(7, 7)))
+
+    assert proc.returncode == 0, proc.stderr
+    assert f"compacted {host.repo}" in proc.stdout and "PermissionError" not in proc.stderr
+    assert before - data_bytes(host.repo) >= pristine.data_size * 0.9
+    stat = host.stamp.stat()
+    assert (stat.st_uid, stat.st_gid) == (0, 0) and stat.st_mode & 0o777 == 0o600
+    assert time.time() - 300 < stat.st_mtime <= time.time()  # the compaction's start: due again in 7 days
+    assert host.stamp.read_text().startswith("grus.backup: last compaction started ")
+    assert not [p.name for p in host.stamp.parent.iterdir() if p.name.startswith(".grus-last-compact")]  # no temp left
+    # Not due the next day: the stamp's time is what the next run reads.
+    again = host.run(in_the_units_bounding_set(host.unit_argv(7, 7)))
+    assert again.returncode == 0 and "not due" in again.stdout, again.stderr
