@@ -2,8 +2,8 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The key holder's scheduled backup run: guards, one archive, guarded prune.
 
-layer 7: may import _config, _marker, _metrics, _ping, _volume_guard, _drill_sample, _check_yield, _borg_argv,
-_borg_failures, _borg_validate, _borg_parse, _borg_version, _borg_repo, _prune, _restore_drill
+layer 7: may import _config, _marker, _metrics, _ping, _unexpected, _volume_guard, _drill_sample, _check_yield,
+_borg_argv, _borg_failures, _borg_validate, _borg_parse, _borg_version, _borg_repo, _prune, _restore_drill
 
 Private to grus.backup and pure standard library. The ``key_holder`` role ships
 this file with the module utilities it imports (and nothing else) as a plain
@@ -87,7 +87,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
-from . import _check_yield, _drill_sample, _marker, _metrics, _ping, _volume_guard
+from . import _check_yield, _drill_sample, _marker, _metrics, _ping, _unexpected, _volume_guard
 from ._borg_argv import DEFAULT_COMPRESSION, DEFAULT_LOCK_WAIT, check_argv
 from ._borg_failures import BorgError
 from ._borg_parse import parse_archive_time
@@ -403,6 +403,9 @@ def _run_job(config: JobConfig, report: JobReport, now, timestamp, runner, do_pr
         report.errors.append(f"{exc.kind}: {exc.message}")
     except BorgError as exc:
         report.errors.append(f"borg ({exc.cause}): {exc.message}")
+    except Exception as exc:  # in the report: the metrics still say what was made before it
+        done = f"archive {report.archive} was created, " if report.archive else "no archive was created, "
+        report.errors.append(f"{_unexpected.describe(exc)}; {done}nothing was pruned after that point")
 
 
 def make_check_yield(config: JobConfig, report: JobReport) -> None:
@@ -753,18 +756,40 @@ def main(argv=None, runner=None) -> int:
     yielder = _check_yield.Yielder()
     if task in ("check", "verify_data"):
         yielder.install()  # SIGTERM (a backup, or systemctl stop): let go of the repository and say so
-    rc, warnings, config, report = _run(args, runner, yielder)
+    try:
+        rc, warnings, config, report = _run(args, runner, yielder)
+    except Exception as exc:  # the metrics, the ping and one line still follow, never a bare traceback
+        rc, warnings, config, report = _unexpected.report(PROG, exc, NOT_DONE[task]), 0, None, None
     if config is not None:
         metrics.repository = config.repo
     if not args.release_hold:
-        if task == "backup" and config is not None and report is not None:
-            record_backup(metrics, config, report)
-        if task == "drill" and config is not None and report is not None:
-            record_drill(metrics, config, report)
-        elif task != "backup" and config is not None and report is not None:
-            record_check(metrics, report, rc)
+        try:
+            _record(task, metrics, config, report, rc)
+        except Exception as exc:  # measuring must not hide the run's own result
+            _say(f"{PROG}: WARNING: some metrics could not be measured: {type(exc).__name__}: {exc}", sys.stderr)
         _finish(metrics, pinger, rc, warnings)
     return rc
+
+
+PROG = "grus-backup"
+# What an unexpected failure of each task leaves undone; what was done before it is in the journal above.
+NOT_DONE = {
+    "backup": "the run stopped there: no archive or prune after that point (the next timer run tries again)",
+    "check": "the check did not finish: the repository was not fully checked",
+    "verify_data": "the data verification did not finish: the archives' data was not fully read",
+    "drill": "the restore drill did not finish: no restore was verified",
+}
+
+
+def _record(task: str, metrics: _metrics.JobMetrics, config, report, rc: int) -> None:
+    if config is None or report is None:
+        return
+    if task == "backup":
+        record_backup(metrics, config, report)
+    elif task == "drill":
+        record_drill(metrics, config, report)
+    else:
+        record_check(metrics, report, rc)
 
 
 def _run(args, runner, yielder=None) -> tuple:
@@ -784,6 +809,14 @@ def _run(args, runner, yielder=None) -> tuple:
     except (OSError, ValueError, TypeError) as exc:
         _say(f"grus-backup: FAILED: bad configuration or arguments: {exc}", sys.stderr)
         return EXIT_ERROR, 0, None, None
+    try:
+        return _dispatch(args, config, runner, yielder)
+    except Exception as exc:  # keeps the configuration: the metrics name the repository
+        task = "verify_data" if args.verify_data else "check" if args.check else "drill" if args.drill else "backup"
+        return _unexpected.report(PROG, exc, NOT_DONE[task]), 0, config, None
+
+
+def _dispatch(args, config: JobConfig, runner, yielder) -> tuple:
     if args.release_hold:
         return release_hold(config), 0, config, None
     if args.drill:

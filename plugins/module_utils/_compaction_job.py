@@ -28,7 +28,7 @@ repository): the repository's bytes on disk, free space, last write, transaction
 since the last compaction, the compaction hold, the audit's verdict and the authorized_keys guard's; with
 ``GRUS_BACKUP_PING_URL`` in the environment it pings a dead man's switch (``_ping``). Neither can fail it.
 
-layer 2: may import _runner, _metrics, _ping, _segments
+layer 2: may import _runner, _metrics, _ping, _segments, _unexpected
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ import sys
 import tempfile
 import time
 
-from . import _metrics, _ping, _segments
+from . import _metrics, _ping, _segments, _unexpected
 from ._runner import run
 
 PROG = "grus-borg-compact"
@@ -533,7 +533,9 @@ def scheduled_run(args, observed: dict | None = None) -> int:
     say(f"snapshot {os.path.basename(snap)} kept {args.delay_days:g} day(s): deletions stay recoverable from it")
     start = time.time()
     record_compaction(state_dir, start)
+    observed["snapshot"] = os.path.basename(snap)
     compact(repo, state_dir, borg)
+    observed["compacted"] = True
     transactions = observed["transactions"] = _segments.read_transactions(repo)
     if transactions:
         write_watermark(repo, state_dir, transactions[-1].number)
@@ -612,6 +614,21 @@ def record(metrics: _metrics.JobMetrics, args, observed: dict) -> None:
         metrics.set("grus_backup_repository_deleted_objects_since_compaction", deleted, **where)
 
 
+def not_done(args, observed: dict) -> str:
+    """What an unexpected failure left undone, from how far the run got."""
+    if observed.get("compacted"):
+        return f"{args.repo} was compacted, but its audit mark and stamp may not be written (the next run redoes them)"
+    if observed.get("snapshot"):
+        return (
+            f"the compaction of {args.repo} may not have finished; what it deleted stays recoverable from "
+            f"snapshot {observed['snapshot']}"
+        )
+    return (
+        f"nothing was compacted in {args.repo}, so deleted archives stay recoverable "
+        "(playbooks/recover_append_only.yml)"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """The scheduled run (``_compaction_tools`` is the entry point: it hands every other argv here)."""
     args = parse_scheduled(list(sys.argv[1:] if argv is None else argv))
@@ -632,10 +649,12 @@ def main(argv: list[str] | None = None) -> int:
             f"(playbooks/recover_append_only.yml).{' ' + advice if isinstance(exc, KeysError) else ''}"
         )
         rc = 2
+    except Exception as exc:  # whatever it is, the metrics, the ping and one line still follow
+        rc = _unexpected.report(PROG, exc, not_done(args, observed))
     if metrics.directory:
         try:
             record(metrics, args, observed)
-        except OSError as exc:
+        except Exception as exc:  # measuring must not hide the run's own result
             warn(f"WARNING: some repository metrics could not be measured: {exc}")
     pinger.finish(rc)
     for warning in metrics.finish(rc) + pinger.warnings:

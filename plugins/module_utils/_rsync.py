@@ -2,7 +2,7 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The guarded volume sync: one rsync argv, guards, lock, freshness marker.
 
-layer 3: may import _runner, _marker, _metrics, _ping, _rsync_output, _rsync_options, _sync_lock.
+layer 3: may import _runner, _marker, _metrics, _ping, _unexpected, _rsync_output, _rsync_options, _sync_lock.
 
 Private to grus.backup and pure standard library. The ``nfs_sync`` module and the
 scheduled job that the ``sync_client`` role installs both call :func:`sync`, so a
@@ -54,7 +54,7 @@ import os
 import sys
 import time
 
-from . import _marker, _metrics, _ping
+from . import _marker, _metrics, _ping, _unexpected
 from ._rsync_options import (
     SyncError,
     SyncOptions,
@@ -401,7 +401,10 @@ def main(argv=None, runner=run) -> int:
     pinger.start()
     rc, warnings, dest, result = _run(args, runner)
     if dest is not None:
-        record_sync(metrics, dest, result)
+        try:
+            record_sync(metrics, dest, result)
+        except Exception as exc:  # measuring must not hide the run's own result
+            _say(f"nfs-sync: WARNING: some metrics could not be measured: {type(exc).__name__}: {exc}", sys.stderr)
     pinger.finish(rc)
     for warning in metrics.finish(rc, warnings) + pinger.warnings:
         _say(f"nfs-sync: WARNING: {warning}", sys.stderr)
@@ -433,6 +436,9 @@ def _run(args, runner) -> tuple:
     except (OSError, ValueError) as exc:
         _say(f"nfs-sync: FAILED: {exc}", sys.stderr)
         return EXIT_ERROR, 0, dest, None
+    except Exception as exc:  # the metrics, the ping and one line still follow, never a bare traceback
+        not_done = f"the sync to {dest or 'its destination'} did not finish; the key holder backs up its last copy"
+        return _unexpected.report("nfs-sync", exc, not_done), 0, dest, None
     if args.json:
         _say(json.dumps({"failed": False, **result.to_dict()}))
     else:

@@ -2,7 +2,7 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The key holder's receiving end of a sync over SSH: a size guard in front of ``rrsync``.
 
-layer 0: may import nothing of grus.backup (standard library only).
+layer 1: may import _unexpected
 
 Each sync client's key in root's ``authorized_keys`` runs (the key_holder role writes it)::
 
@@ -31,6 +31,8 @@ import re
 import signal
 import subprocess
 import sys
+
+from . import _unexpected
 
 REFUSAL_PREFIX = "grus-sync-receive: REFUSED"
 
@@ -230,7 +232,10 @@ def main(argv=None) -> int:
         reserve = parse_reserve(args.min_free)
     except ValueError as exc:
         return _refuse(CAUSE_SETUP, str(exc))
-    return receive(os.path.abspath(args.dir), quota, reserve, args.rrsync, max(args.interval, 0.05))
+    try:
+        return receive(os.path.abspath(args.dir), quota, reserve, args.rrsync, max(args.interval, 0.05))
+    except Exception as exc:  # one line for the client's rsync (over ssh) and the journal, never a traceback
+        return _unexpected.report("grus-sync-receive", exc, f"nothing more was received into {args.dir}")
 
 
 if __name__ == "__main__":
