@@ -4,12 +4,15 @@
 the scheduled compaction (``_compaction_job``) and its on-demand modes, for the unit's hooks and
 recover_append_only.
 
-layer 3: may import _segments, _compaction_job
+layer 3: may import _segments, _unexpected, _compaction_job
 
 * ``--restore-flag REPO``: append_only = 1 again (ExecStartPre=, ExecStopPost=, the role at deploy);
   a compaction still running (its intent file names a live process) is left alone.
 * ``--audit-json REPO``: every transaction of the repository and of each snapshot, classified, with one
-  ordinal each (a number alone repeats after a rollback), the suspicious ones and the proposed last good one.
+  ordinal each (a number alone repeats after a rollback), the suspicious ones and the proposed last good one;
+  ``lines``: the same as a person reads it (``--audit REPO`` prints only those): one line per transaction, then
+  the proposal and the exact ``ansible-playbook`` command that rolls back to it (``--inventory``,
+  ``--repository-name``: what the command names; the playbook passes its own).
 * ``--rollback REPO (--to-ordinal K | --to-transaction N[:FIRST-LAST])``: back to that transaction, from the
   repository's own segments or, for one older than the last compaction, from the snapshot that holds it.
   The current state is snapshotted first (the rollback can be undone); the change itself runs as the
@@ -21,12 +24,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 
 from . import _compaction_job as job
-from . import _segments
+from . import _segments, _unexpected
 
-MODES = ("--restore-flag", "--audit-json", "--rollback", "--rollback-apply")
+MODES = ("--restore-flag", "--audit", "--audit-json", "--rollback", "--rollback-apply")
+PLAYBOOK = "grus.backup.recover_append_only"
 
 
 def candidates(repo: str, state_dir: str, thresholds: _segments.Thresholds) -> list[dict]:
@@ -62,7 +67,70 @@ def proposed_last_good(found: list[dict]) -> dict | None:
     return found[-1] if found else None
 
 
-def audit_json(args) -> int:
+def human_bytes(size: int) -> str:
+    """Decimal units, as borg prints them: 2.1 MB."""
+    value = float(size)
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if value < 1000 or unit == "TB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:.1f} TB"  # not reached
+
+
+def rollback_command(inventories: list[str], name: str, ordinal: int) -> str:
+    sources = " ".join(f"-i {shlex.quote(source)}" for source in inventories) or "-i <inventory>"
+    return (
+        f"ansible-playbook {sources} {PLAYBOOK} -e recover_repository={shlex.quote(name)} -e recover_ordinal={ordinal}"
+    )
+
+
+def render(report: dict, inventories: list[str], name: str) -> list[str]:
+    """The listing a person reads during an incident: one aligned line per transaction, then what to do."""
+    found = report["transactions"]
+    rows = [
+        (
+            f"#{t['ordinal']}",
+            t["time_utc"],
+            t["source"],
+            f"txn {t['label']}",
+            f"{t['objects_put']} obj",
+            human_bytes(t["bytes_put"]),
+            f"{t['objects_deleted']} obj",
+            human_bytes(t["bytes_deleted"]),
+            f"SUSPICIOUS: {t['reason']}" if t["suspicious"] else "",
+        )
+        for t in found
+    ]
+    widths = [max((len(row[i]) for row in rows), default=0) for i in range(8)]
+    lines = [f"{report['repository']}: {len(found)} transaction(s) one can roll back to (oldest first)"]
+    for row in rows:
+        ordinal, when, source, label, put, put_bytes, deleted, deleted_bytes, mark = row
+        text = (
+            f"{ordinal:>{widths[0]}}  {when}  {source:<{widths[2]}}  {label:<{widths[3]}}  "
+            f"put {put:>{widths[4]}} {put_bytes:>{widths[5]}}  "
+            f"deleted {deleted:>{widths[6]}} {deleted_bytes:>{widths[7]}}"
+        )
+        lines.append(f"{text}  {mark}" if mark else text.rstrip())
+    proposed = report["proposed"]
+    suspicious = ", ".join(f"#{n}" for n in report["suspicious"]) or "none"
+    if proposed:
+        lines.append(
+            f"Proposed last good: #{proposed['ordinal']} ({proposed['time_utc']}, {proposed['source']}, "
+            f"txn {proposed['label']}); suspicious: {suspicious}"
+        )
+        lines.append(f"Roll back to it: {rollback_command(inventories, name, proposed['ordinal'])}")
+    else:
+        lines.append(f"No transaction before the first suspicious one ({suspicious}): nothing to roll back to")
+    hold = report["hold"]
+    lines.append(
+        f"Compaction hold: held by {hold.get('held-by', '?')} since {hold.get('since', '?')}"
+        if hold
+        else "Compaction hold: none"
+    )
+    return lines
+
+
+def audit_report(args) -> dict:
     thresholds = _segments.Thresholds(args.max_deleted_share, args.min_deleted_objects)
     found = candidates(args.repo, args.state_dir, thresholds)
     hold = job.hold_path(args.repo)
@@ -74,9 +142,24 @@ def audit_json(args) -> int:
         "snapshots": [dict(info, path=path) for path, info in job.list_snapshots(args.state_dir)],
         "transactions_log": _segments.read_transactions_log(args.repo),
         "hold": job.read_hold(hold) if os.path.exists(hold) else None,
-        "thresholds": {"max_deleted_share": thresholds.max_share, "min_deleted_objects": thresholds.min_objects},
+        "thresholds": {
+            "max_deleted_share": thresholds.max_share,
+            "min_deleted_objects": thresholds.min_objects,
+            "total_deleted_share": thresholds.total_share,
+        },
     }
-    sys.stdout.write(json.dumps(report, indent=1) + "\n")
+    name = args.repository_name or os.path.basename(os.path.dirname(args.repo))
+    report["lines"] = render(report, args.inventory, name)
+    return report
+
+
+def audit_json(args) -> int:
+    sys.stdout.write(json.dumps(audit_report(args), indent=1) + "\n")
+    return 0
+
+
+def audit_text(args) -> int:
+    sys.stdout.write("".join(line + "\n" for line in audit_report(args)["lines"]))
     return 0
 
 
@@ -160,6 +243,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=job.PROG)
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--restore-flag", metavar="REPO")
+    mode.add_argument("--audit", metavar="REPO", help="the audit as a person reads it")
     mode.add_argument("--audit-json", metavar="REPO")
     mode.add_argument("--rollback", metavar="REPO")
     mode.add_argument("--rollback-apply", metavar="PLAN")
@@ -170,8 +254,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--state-dir", default=None)
     parser.add_argument("--max-deleted-share", type=float, default=0.2)
     parser.add_argument("--min-deleted-objects", type=int, default=100)
+    parser.add_argument(
+        "--inventory", action="append", default=[], help="the inventory the rollback command names (repeatable)"
+    )
+    parser.add_argument("--repository-name", default=None, help="recover_repository in that command (the home's name)")
     args = parser.parse_args(argv)
-    args.repo = os.path.abspath(args.restore_flag or args.audit_json or args.rollback or ".")
+    args.repo = os.path.abspath(args.restore_flag or args.audit or args.audit_json or args.rollback or ".")
     args.state_dir = args.state_dir or os.path.join(os.path.dirname(args.repo), "compaction")
     if args.rollback and args.to_ordinal is None and not args.to_transaction:
         parser.error("--rollback needs --to-ordinal or --to-transaction")
@@ -184,18 +272,38 @@ def main(argv: list[str] | None = None) -> int:
         return job.main(argv)
     args = parse(argv)
     try:
-        if args.rollback_apply:
-            return rollback_apply(args.rollback_apply)
-        if args.audit_json:
-            return audit_json(args)
-        if args.rollback:
-            return rollback(args)
-        os.makedirs(args.state_dir, mode=0o750, exist_ok=True)
-        job.restore_flag(args.repo, args.state_dir, job.Borg(args.run_as), own_run=False)
+        return run_mode(args)
     except job.JobError as exc:
         job.warn(str(exc))
         return 2
+    except Exception as exc:  # one line that says what was not done, never a bare traceback
+        return _unexpected.report(job.PROG, exc, NOT_DONE[mode_of(args)])
+
+
+def run_mode(args) -> int:
+    if args.rollback_apply:
+        return rollback_apply(args.rollback_apply)
+    if args.audit_json or args.audit:
+        return audit_json(args) if args.audit_json else audit_text(args)
+    if args.rollback:
+        return rollback(args)
+    os.makedirs(args.state_dir, mode=0o750, exist_ok=True)
+    job.restore_flag(args.repo, args.state_dir, job.Borg(args.run_as), own_run=False)
     return 0
+
+
+# What an unexpected failure of each mode leaves undone (a rollback says more itself: see ``rollback``).
+NOT_DONE = {
+    "restore_flag": "append_only = 1 may not be restored; the compaction job puts it back first when it runs",
+    "audit_json": "no audit was listed; nothing was changed",
+    "audit": "no audit was listed; nothing was changed",
+    "rollback": "the rollback did not finish: list the repository again (--audit) before anything else",
+    "rollback_apply": "the rollback did not finish: list the repository again (--audit) before anything else",
+}
+
+
+def mode_of(args) -> str:
+    return next((mode for mode in NOT_DONE if getattr(args, mode, None)), "restore_flag")
 
 
 if __name__ == "__main__":

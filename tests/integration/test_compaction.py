@@ -240,10 +240,7 @@ def test_a_due_compaction_close_before_a_backup_is_deferred_then_runs_outside_th
     decides it.
     """
     host, client = world
-    client.borg("init", "--encryption", "none", client.url)
-    (tmp_path / "f").write_bytes(os.urandom(MIB))
-    client.borg("create", f"{client.url}::a", str(tmp_path / "f"))
-    client.borg("delete", f"{client.url}::a")
+    deleted_archive(client, tmp_path)
     before = snapshot(host.repo / "data")
 
     soon = host.unit_argv(7, 0, repository_host_backup_times=[hhmm_in(10)], repository_host_compact_quiet_minutes=60)
@@ -300,6 +297,13 @@ def test_mass_delete_is_held_after_normal_prunes_and_rolled_back(world, tmp_path
     client.borg("init", "--encryption", "none", client.url)
     kept = simulate(client, tmp_path / "src")
     assert len(kept) == 14 * 6
+    listing = json.loads(tool(host, "--audit-json", str(host.repo)).stdout)["transactions"]
+    prunes = [t for t in listing if t["objects_deleted"]]
+    peak = max(t["deleted_data_share"] for t in prunes)
+    # docs/reliability.md quotes this figure against the total-deletion share (0.9).
+    print(f"20-day simulation: {len(prunes)} prunes, peak deleted share {peak:.4f} (live objects but the manifest)")
+    assert len(prunes) == 36 and not any(t["suspicious"] for t in listing)
+    assert peak < 0.05
     # One daily run: 120 backups and 36 prunes are normal; it compacts; the repository becomes append-only.
     normal = run_job(host)
     assert normal.returncode == 0, normal.stderr
@@ -333,6 +337,52 @@ def test_mass_delete_is_held_after_normal_prunes_and_rolled_back(world, tmp_path
     fresh = tmp_path / "fresh"
     assert sorted(client.names(home=fresh)) == sorted(kept)
     assert sha256(restore_fresh(client, tmp_path, newest)) == expected
+
+
+@pytest.mark.parametrize("archives", [1, 2])
+def test_deleting_every_archive_of_a_tiny_repository_holds_compaction(world, tmp_path, archives):
+    """The demo's intrusion: far under the 100-object floor, but every live object but the manifest."""
+    host, client = world
+    client.borg("init", "--encryption", "none", client.url)
+    for n in range(archives):
+        (tmp_path / f"f{n}").write_bytes(os.urandom(64 * 1024))
+        client.borg("create", f"{client.url}::a{n}", str(tmp_path / f"f{n}"))
+    client.borg("delete", "--glob-archives", "*", client.url)  # the stolen key, through the forced command
+    assert client.names() == []
+    before = snapshot(host.repo)
+
+    held = run_job(host)
+
+    assert held.returncode == 2, (held.stdout, held.stderr)
+    assert "1 suspicious" in held.stdout and "Compaction is held" in held.stderr
+    assert "of all but the manifest" in held.stderr and "suspicious at any size" in held.stderr
+    hold = (host.home / "GRUS-HOLD-COMPACTION").read_text()
+    assert hold.startswith("held-by: audit\n")
+    assert snapshot(host.repo) == before and not host.stamp.exists()  # nothing compacted
+    listing = json.loads(tool(host, "--audit-json", str(host.repo)).stdout)["transactions"]
+    (bad,) = [t for t in listing if t["suspicious"]]
+    assert bad["objects_deleted"] < 100 and bad["deleted_data_share"] == 1.0
+    print(f"delete of {archives} archive(s): {bad['objects_deleted']} of {bad['live_objects_before']} live objects")
+
+
+def test_a_tiny_prune_of_one_of_several_archives_is_not_held(world, tmp_path):
+    host, client = world
+    client.borg("init", "--encryption", "none", client.url)
+    for n in range(4):
+        (tmp_path / f"f{n}").write_bytes(os.urandom(64 * 1024))
+        client.borg("create", f"{client.url}::a{n}", str(tmp_path / f"f{n}"))
+    client.borg("delete", f"{client.url}::a0")
+
+    ran = run_job(host)
+
+    assert ran.returncode == 0, ran.stderr
+    assert "0 suspicious" in ran.stdout and "compacted" in ran.stdout
+    assert not (host.home / "GRUS-HOLD-COMPACTION").exists()
+    assert client.names() == ["a1", "a2", "a3"]
+    listing = json.loads(tool(host, "--audit-json", str(host.repo)).stdout)["transactions"]
+    (prune,) = [t for t in listing if t["objects_deleted"]]
+    print(f"prune of 1 of 4 archives: deleted share {prune['deleted_data_share']:.2f}")
+    assert prune["deleted_data_share"] < 0.5
 
 
 def test_a_repeated_transaction_number_is_refused_unless_named_by_ordinal(world, tmp_path):
@@ -377,7 +427,10 @@ def flag(host: Host) -> str:
 
 
 def deleted_archive(client: Client, tmp_path: Path) -> None:
+    """An older archive kept and one deleted: a prune (deleting every archive would hold compaction)."""
     client.borg("init", "--encryption", "none", client.url)
+    (tmp_path / "kept").write_bytes(os.urandom(4096))
+    client.borg("create", f"{client.url}::kept", str(tmp_path / "kept"))
     (tmp_path / "f").write_bytes(os.urandom(MIB))
     client.borg("create", f"{client.url}::a", str(tmp_path / "f"))
     client.borg("delete", f"{client.url}::a")
