@@ -87,3 +87,70 @@ def test_the_flag_fallback_rewrites_the_config_atomically(tmp_path):
     config.write_text("[repository]\nversion = 1\n")
     job.rewrite_flag(str(repo))
     assert job.append_only_flag(str(repo)) == "1"
+
+
+def listed_txn(ordinal, source="repository", put=(3, 2_100_000), deleted=(0, 0), reason=""):
+    return {
+        "ordinal": ordinal,
+        "time_utc": f"2026-12-07T20:{ordinal:02d}:00Z",
+        "source": source,
+        "label": f"{ordinal * 4}:{ordinal * 4 - 3}-{ordinal * 4}",
+        "objects_put": put[0],
+        "bytes_put": put[1],
+        "objects_deleted": deleted[0],
+        "bytes_deleted": deleted[1],
+        "suspicious": bool(reason),
+        "reason": reason,
+    }
+
+
+def listing(proposed=True):
+    found = [
+        listed_txn(1, "20261207T203812Z-compaction", put=(1, 41)),
+        listed_txn(2),
+        listed_txn(12, deleted=(12, 2_147_258), put=(0, 0), reason="deleted 12 of 13 live objects (100% ...)"),
+    ]
+    return {
+        "repository": "/srv/borg/antigone/repo",
+        "transactions": found,
+        "suspicious": [12],
+        "proposed": found[1] if proposed else None,
+        "hold": {"held-by": "audit", "since": "2026-12-07T21:00:00Z"},
+    }
+
+
+def test_the_listing_has_one_aligned_line_per_transaction_and_marks_the_suspicious():
+    lines = tools.render(listing(), ["inventories/prod/hosts.yml"], "antigone")
+    head, *rows, proposal, command, hold = lines
+    assert head == "/srv/borg/antigone/repo: 3 transaction(s) one can roll back to (oldest first)"
+    assert [row.split()[0] for row in rows] == ["#1", "#2", "#12"]
+    # Columns line up whatever the widths: every row has 'put' and 'deleted' at the same place.
+    assert len({row.index(" put ") for row in rows}) == 1 and len({row.index(" deleted ") for row in rows}) == 1
+    assert rows[0].split("  ")[:2] == [" #1", "2026-12-07T20:01:00Z"]
+    assert "20261207T203812Z-compaction" in rows[0] and "repository" in rows[1]
+    assert "put 3 obj 2.1 MB" in rows[1] and "put 1 obj   41 B" in rows[0]
+    assert "deleted 12 obj 2.1 MB" in rows[2]
+    assert rows[2].endswith("2.1 MB  SUSPICIOUS: deleted 12 of 13 live objects (100% ...)")
+    assert "SUSPICIOUS" not in rows[0] + rows[1] and rows[1] == rows[1].rstrip()
+    assert proposal == "Proposed last good: #2 (2026-12-07T20:02:00Z, repository, txn 8:5-8); suspicious: #12"
+    assert command == (
+        "Roll back to it: ansible-playbook -i inventories/prod/hosts.yml grus.backup.recover_append_only "
+        "-e recover_repository=antigone -e recover_ordinal=2"
+    )
+    assert hold == "Compaction hold: held by audit since 2026-12-07T21:00:00Z"
+
+
+def test_the_listing_without_a_good_transaction_or_an_inventory():
+    lines = tools.render(dict(listing(proposed=False), hold=None), [], "antigone")
+    assert lines[-2] == "No transaction before the first suspicious one (#12): nothing to roll back to"
+    assert lines[-1] == "Compaction hold: none"
+    assert not any("ansible-playbook" in line for line in lines)
+    assert "-i '<inventory>'" not in tools.rollback_command([], "a", 1)
+    assert tools.rollback_command(["a b.yml", "c"], "x", 3).startswith("ansible-playbook -i 'a b.yml' -i c ")
+
+
+@pytest.mark.parametrize(
+    ("size", "text"), [(0, "0 B"), (999, "999 B"), (1000, "1.0 kB"), (2_147_258, "2.1 MB"), (3 * 10**12, "3.0 TB")]
+)
+def test_bytes_read_as_a_person_reads_them(size, text):
+    assert tools.human_bytes(size) == text
