@@ -122,11 +122,8 @@ def render(report: dict, inventories: list[str], name: str) -> list[str]:
     else:
         lines.append(f"No transaction before the first suspicious one ({suspicious}): nothing to roll back to")
     hold = report["hold"]
-    lines.append(
-        f"Compaction hold: held by {hold.get('held-by', '?')} since {hold.get('since', '?')}"
-        if hold
-        else "Compaction hold: none"
-    )
+    since = f" since {hold['since']}" if hold and hold.get("since") else ""
+    lines.append(f"Compaction hold: held by {hold.get('held-by', '?')}{since}" if hold else "Compaction hold: none")
     return lines
 
 

@@ -79,13 +79,22 @@ def test_recover_lists_flags_proposes_and_rolls_back_by_ordinal(tmp_path, sshd):
         rc, results = play(tmp_path, host)
         assert rc == 0, results
         lines = result(results, "Show the transactions (recover_ordinal takes the number after '#')")["msg"]
-        assert "SUSPICIOUS: deleted" in lines and "put " in lines and " bytes" in lines
         proposal = result(results, "Show the proposal")["msg"]
-        assert "Proposed last good: #" in proposal
         audit = result(results, "Keep the audit")["ansible_facts"]["recover_audit"]
         (bad,) = [t for t in audit["transactions"] if t["suspicious"]]
         proposed = audit["proposed"]
-        assert proposed["ordinal"] == bad["ordinal"] - 1 and f"recover_ordinal={proposed['ordinal']}" in proposal
+        assert proposed["ordinal"] == bad["ordinal"] - 1
+        # One line a transaction (a list, printed one per line), the suspicious one marked, then what to do.
+        assert isinstance(lines, list) and len(lines) == len(audit["transactions"]) + 1
+        assert lines == audit["lines"][: len(lines)] and proposal == audit["lines"][len(lines) :]
+        (marked,) = [line for line in lines if "SUSPICIOUS: deleted" in line]
+        assert marked.lstrip().startswith(f"#{bad['ordinal']}  ") and " put " in marked and " deleted " in marked
+        assert proposal[0].startswith(f"Proposed last good: #{proposed['ordinal']} (")
+        assert proposal[1] == (
+            f"Roll back to it: ansible-playbook -i {tmp_path / 'inventory.ini'} grus.backup.recover_append_only "
+            f"-e recover_repository={NAME} -e recover_ordinal={proposed['ordinal']}"
+        )
+        assert proposal[2].startswith("Compaction hold: held by recover")
         assert (host.home / "GRUS-HOLD-COMPACTION").read_text().startswith("held-by: recover\n")
         assert client.names() == []
 
