@@ -209,7 +209,7 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def revert_interrupted_rollback(repo: str, borg: Borg) -> None:
+def revert_interrupted_rollback(repo: str, borg: Borg, stream=None) -> None:
     """A rollback killed half way left its journal: the repository goes back to its state before it, first.
 
     Run as the repository's user, under borg's lock (a rollback still running holds it: this waits for it).
@@ -218,7 +218,7 @@ def revert_interrupted_rollback(repo: str, borg: Borg) -> None:
         return
     package = __spec__.parent if __spec__ and __spec__.parent else "grus_backup"
     result = borg.run(sys.executable, "-m", f"{package}._rollback", "revert", repo, timeout=LOCK_WAIT + 600)
-    sys.stdout.write(result.stdout)
+    (stream or sys.stdout).write(result.stdout)
     if not result.ok or _rollback.pending(repo):
         raise JobError(
             f"{repo} holds an interrupted rollback ({_rollback.work_dir(repo)}) that could not be reverted "

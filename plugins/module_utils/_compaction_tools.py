@@ -169,6 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     try:
         if args.audit_json:
+            # A listing of a half-swapped repository would show ordinals that are not there: back first
+            # (said on stderr: stdout is the JSON).
+            job.revert_interrupted_rollback(args.repo, job.Borg(args.run_as), stream=sys.stderr)
             return audit_json(args)
         if args.rollback:
             return rollback(args)
