@@ -121,13 +121,14 @@ def rollback(args) -> int:
     applied = borg.run(sys.executable, "-m", f"{package}._rollback", "apply", plan, timeout=job.LOCK_WAIT + 600)
     os.unlink(plan)
     sys.stdout.write(applied.stdout)
+    said = applied.stderr.strip().replace(f"{job.PROG}: ", "")
     if applied.rc == _rollback.UNCHANGED:
         # Nothing changed: the snapshot of the unchanged state would only add a duplicate source to the listing.
         shutil.rmtree(before)
-        raise job.JobError(f"{applied.stderr.strip()[-1500:]} ({args.repo} is as it was; snapshot removed)")
+        raise job.JobError(f"{said[-1500:]} ({args.repo} is as it was; snapshot removed)")
     if not applied.ok:
         raise job.JobError(
-            f"the rollback failed (rc {applied.rc}): {applied.stderr.strip()[-800:]}. If it was stopped half way, "
+            f"the rollback failed (rc {applied.rc}): {said[-800:]}. If it was stopped half way, "
             f"the next --rollback, --restore-flag or scheduled compaction first puts {args.repo} back as it was; "
             f"the state before it is snapshot {os.path.basename(before)}"
         )
