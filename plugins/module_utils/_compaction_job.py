@@ -28,7 +28,7 @@ repository): the repository's bytes on disk, free space, last write, transaction
 since the last compaction, the compaction hold, the audit's verdict and the authorized_keys guard's; with
 ``GRUS_BACKUP_PING_URL`` in the environment it pings a dead man's switch (``_ping``). Neither can fail it.
 
-layer 2: may import _runner, _metrics, _ping, _segments, _unexpected
+layer 2: may import _runner, _metrics, _ping, _segments, _rollback, _unexpected
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ import sys
 import tempfile
 import time
 
-from . import _metrics, _ping, _segments, _unexpected
+from . import _metrics, _ping, _rollback, _segments, _unexpected
 from ._runner import run
 
 PROG = "grus-borg-compact"
@@ -55,7 +55,6 @@ SNAPSHOT_NAME = re.compile(r"^\d{8}T\d{6}Z(-[a-z0-9-]+)?$")
 # Copied into a snapshot, not linked: borg appends to `transactions` in place. The nonce is never copied:
 # a rollback keeps the repository's highest reserved nonce (a lower one would let a client reuse nonces).
 COPIED_FILES = ("config", "README", "transactions")
-INDEX_FILES = re.compile(r"^(index|hints|integrity)\.\d+(\.tmp)?$")
 DUE_SLACK_SECONDS = 3600  # the daily timer fires within a minute of its time; a run a little early is due
 LOCK_WAIT = 600
 
@@ -96,7 +95,8 @@ class Borg:
         if run_as:
             entry = pwd.getpwnam(run_as)
             if entry.pw_uid != os.geteuid():
-                self.prefix = ["setpriv", "--reuid", run_as, "--regid", run_as, "--init-groups", "--"]
+                # The user's own primary group by number: not every user has a group of its name (nobody).
+                self.prefix = ["setpriv", "--reuid", run_as, "--regid", str(entry.pw_gid), "--init-groups", "--"]
 
     def run(self, *args: str, timeout: int | None = None):
         return run([*self.prefix, *args], timeout=timeout)
@@ -211,8 +211,26 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def revert_interrupted_rollback(repo: str, borg: Borg, stream=None) -> None:
+    """A rollback killed half way left its journal: the repository goes back to its state before it, first.
+
+    Run as the repository's user, under borg's lock (a rollback still running holds it: this waits for it).
+    """
+    if not _rollback.pending(repo):
+        return
+    package = __spec__.parent if __spec__ and __spec__.parent else "grus_backup"
+    result = borg.run(sys.executable, "-m", f"{package}._rollback", "revert", repo, timeout=LOCK_WAIT + 600)
+    (stream or sys.stdout).write(result.stdout)
+    if not result.ok or _rollback.pending(repo):
+        raise JobError(
+            f"{repo} holds an interrupted rollback ({_rollback.work_dir(repo)}) that could not be reverted "
+            f"(rc {result.rc}: {result.stderr.strip()[-500:]}): nothing was compacted or changed"
+        )
+
+
 def restore_flag(repo: str, state_dir: str, borg: Borg, own_run: bool = True) -> None:
     """Put append_only = 1 back first: a compaction killed (SIGKILL) after it set 0 left its intent file."""
+    revert_interrupted_rollback(repo, borg)
     intent = intent_path(state_dir)
     recorded = {}
     if os.path.exists(intent):
@@ -435,9 +453,15 @@ def record_compaction(state_dir: str, start: float) -> None:
 
 
 def take_snapshot(repo: str, state_dir: str, label: str, group_of: str | None = None) -> str:
-    """Hard links of every segment, copies of the small files that borg changes in place; readable by the repo user."""
+    """Hard links of every segment, copies of the small files that borg changes in place; readable by the repo user.
+
+    Modes are set explicitly, never left to the umask: the unit runs with UMask=0077 and an operator's
+    ``--rollback`` with any umask, and the rollback reads the snapshot as the repository's user.
+    """
     base = snapshot_dir(state_dir)
     os.makedirs(base, mode=0o750, exist_ok=True)
+    for directory in (state_dir, base):
+        _give_group(directory, group_of, walk=False)
     name = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{label}"
     final = os.path.join(base, name)
     while os.path.exists(final):
@@ -467,21 +491,27 @@ def take_snapshot(repo: str, state_dir: str, label: str, group_of: str | None = 
     }
     with open(os.path.join(partial, SNAPSHOT_INFO), "w", encoding="utf-8") as fd:
         json.dump(info, fd, indent=1)
-    if group_of:
-        _give_group(partial, group_of)
+    _give_group(partial, group_of)
     os.rename(partial, final)
     return final
 
 
-def _give_group(root: str, user: str) -> None:
-    """Root owns snapshots (the repository user cannot delete them); its group may read them (rollback)."""
-    gid = pwd.getpwnam(user).pw_gid
-    for dirpath, _dirnames, filenames in os.walk(root):
-        os.chown(dirpath, 0, gid)
+def _give_group(root: str, user: str | None, walk: bool = True) -> None:
+    """Root owns snapshots (the repository user cannot delete them); its group may read them (rollback).
+
+    Directories 0750 and copies 0640 whatever the umask; the linked segments keep the repository user's
+    owner and mode (they are that user's own files, readable by it).
+    """
+    gid = pwd.getpwnam(user).pw_gid if user else None
+    for dirpath, _dirnames, filenames in os.walk(root) if walk else [(root, [], [])]:
+        if gid is not None:
+            os.chown(dirpath, 0, gid)
+        os.chmod(dirpath, 0o750)  # noqa: S103 - the repository user's group reads it (rollback)
         for name in filenames:
             path = os.path.join(dirpath, name)
             if os.stat(path).st_nlink == 1:  # copies; the linked segments keep the repository user's ownership
-                os.chown(path, 0, gid)
+                if gid is not None:
+                    os.chown(path, 0, gid)
                 os.chmod(path, 0o640)
 
 
@@ -503,6 +533,7 @@ def scheduled_run(args, observed: dict | None = None) -> int:
     borg = Borg(args.run_as)
     state_dir = observed["state_dir"] = args.state_dir or os.path.join(os.path.dirname(repo), "compaction")
     os.makedirs(state_dir, mode=0o750, exist_ok=True)
+    revert_interrupted_rollback(repo, borg)  # a half-swapped repository has its config aside: never "no repository"
     if not os.path.exists(os.path.join(repo, "config")):
         say(f"{repo} has no repository yet (the key holder creates it): nothing to audit or compact")
         return 0

@@ -4,7 +4,7 @@
 the scheduled compaction (``_compaction_job``) and its on-demand modes, for the unit's hooks and
 recover_append_only.
 
-layer 3: may import _segments, _unexpected, _compaction_job
+layer 3: may import _segments, _rollback, _unexpected, _compaction_job
 
 * ``--restore-flag REPO``: append_only = 1 again (ExecStartPre=, ExecStopPost=, the role at deploy);
   a compaction still running (its intent file names a live process) is left alone.
@@ -15,8 +15,10 @@ layer 3: may import _segments, _unexpected, _compaction_job
   ``--repository-name``: what the command names; the playbook passes its own).
 * ``--rollback REPO (--to-ordinal K | --to-transaction N[:FIRST-LAST])``: back to that transaction, from the
   repository's own segments or, for one older than the last compaction, from the snapshot that holds it.
-  The current state is snapshotted first (the rollback can be undone); the change itself runs as the
-  repository's user under borg's own repository lock; ``borg check --repository-only`` ends it.
+  A rollback a killed process left half way is reverted first. The current state is snapshotted (the
+  rollback can be undone); the change itself (``_rollback``: preflight, staged links, a journal, renames)
+  runs as the repository's user under borg's own repository lock, all of it or nothing;
+  ``borg check --repository-only`` ends it.
 """
 
 from __future__ import annotations
@@ -24,13 +26,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pwd
 import shlex
+import shutil
 import sys
 
 from . import _compaction_job as job
-from . import _segments, _unexpected
+from . import _rollback, _segments, _unexpected
 
-MODES = ("--restore-flag", "--audit", "--audit-json", "--rollback", "--rollback-apply")
+MODES = ("--restore-flag", "--audit", "--audit-json", "--rollback")
 PLAYBOOK = "grus.backup.recover_append_only"
 
 
@@ -178,6 +182,8 @@ def choose(found: list[dict], ordinal: int | None, spec: str | None) -> dict:
 
 
 def rollback(args) -> int:
+    borg = job.Borg(args.run_as)
+    job.revert_interrupted_rollback(args.repo, borg)
     thresholds = _segments.Thresholds(args.max_deleted_share, args.min_deleted_objects)
     found = candidates(args.repo, args.state_dir, thresholds)
     target = choose(found, args.to_ordinal, args.to_transaction)
@@ -188,15 +194,24 @@ def rollback(args) -> int:
     plan = os.path.join(args.state_dir, "rollback-plan.json")
     with open(plan, "w", encoding="utf-8") as fd:
         json.dump({"repo": args.repo, "source": source, "keep": keep}, fd)
+    os.chmod(plan, 0o640)
     if args.run_as:
-        os.chmod(plan, 0o644)
-    borg = job.Borg(args.run_as)
-    module = __spec__.parent + "._compaction_tools" if __spec__ and __spec__.parent else "grus_backup._compaction_tools"
-    applied = borg.run(sys.executable, "-m", module, "--rollback-apply", plan, timeout=job.LOCK_WAIT + 600)
+        os.chown(plan, 0, pwd.getpwnam(args.run_as).pw_gid)
+    package = __spec__.parent if __spec__ and __spec__.parent else "grus_backup"
+    applied = borg.run(sys.executable, "-m", f"{package}._rollback", "apply", plan, timeout=job.LOCK_WAIT + 600)
     os.unlink(plan)
     sys.stdout.write(applied.stdout)
+    said = applied.stderr.strip().replace(f"{job.PROG}: ", "")
+    if applied.rc == _rollback.UNCHANGED:
+        # Nothing changed: the snapshot of the unchanged state would only add a duplicate source to the listing.
+        shutil.rmtree(before)
+        raise job.JobError(f"{said[-1500:]} ({args.repo} is as it was; snapshot removed)")
     if not applied.ok:
-        raise job.JobError(f"the rollback failed (rc {applied.rc}): {applied.stderr.strip()[-800:]}")
+        raise job.JobError(
+            f"the rollback failed (rc {applied.rc}): {said[-800:]}. If it was stopped half way, "
+            f"the next --rollback, --restore-flag or scheduled compaction first puts {args.repo} back as it was; "
+            f"the state before it is snapshot {os.path.basename(before)}"
+        )
     checked = borg.borg("check", "--repository-only", args.repo, timeout=24 * 3600)
     if not checked.ok:
         raise job.JobError(f"borg check --repository-only {args.repo} failed after the rollback: {checked.stderr}")
@@ -207,35 +222,6 @@ def rollback(args) -> int:
     return 0
 
 
-def rollback_apply(plan_path: str) -> int:
-    """As the repository's user, under borg's own lock: exactly the planned segments remain, no index."""
-    with open(plan_path, encoding="utf-8") as fd:
-        plan = json.load(fd)
-    repo, source, keep = plan["repo"], plan["source"], {int(k): v for k, v in plan["keep"].items()}
-    # borg's own lock (imported here: borg is on the repository host only): the one borg serve and compact take
-    from borg.locking import Lock  # noqa: PLC0415 - borg is on the repository host only
-
-    with Lock(os.path.join(repo, "lock"), exclusive=True, timeout=job.LOCK_WAIT):
-        removed = 0
-        for number, path in _segments.segment_files(repo):
-            if number not in keep or os.stat(path).st_ino != os.stat(os.path.join(source, keep[number])).st_ino:
-                os.unlink(path)
-                removed += 1
-        linked = 0
-        for _number, relpath in keep.items():
-            target = os.path.join(repo, relpath)
-            if not os.path.exists(target):
-                os.makedirs(os.path.dirname(target), exist_ok=True)
-                os.link(os.path.join(source, relpath), target + ".grus-tmp")
-                os.replace(target + ".grus-tmp", target)
-                linked += 1
-        for name in os.listdir(repo):
-            if job.INDEX_FILES.match(name):
-                os.unlink(os.path.join(repo, name))
-    job.say(f"removed {removed} segment(s), restored {linked} from {source}; index, hints, integrity removed")
-    return 0
-
-
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=job.PROG)
     mode = parser.add_mutually_exclusive_group(required=True)
@@ -243,7 +229,6 @@ def parse(argv: list[str]) -> argparse.Namespace:
     mode.add_argument("--audit", metavar="REPO", help="the audit as a person reads it")
     mode.add_argument("--audit-json", metavar="REPO")
     mode.add_argument("--rollback", metavar="REPO")
-    mode.add_argument("--rollback-apply", metavar="PLAN")
     target = parser.add_mutually_exclusive_group()
     target.add_argument("--to-ordinal", type=int)
     target.add_argument("--to-transaction")
@@ -278,9 +263,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_mode(args) -> int:
-    if args.rollback_apply:
-        return rollback_apply(args.rollback_apply)
     if args.audit_json or args.audit:
+        # A listing of a half-swapped repository would show ordinals that are not there: back first
+        # (said on stderr: stdout is the listing).
+        job.revert_interrupted_rollback(args.repo, job.Borg(args.run_as), stream=sys.stderr)
         return audit_json(args) if args.audit_json else audit_text(args)
     if args.rollback:
         return rollback(args)
@@ -295,7 +281,6 @@ NOT_DONE = {
     "audit_json": "no audit was listed; nothing was changed",
     "audit": "no audit was listed; nothing was changed",
     "rollback": "the rollback did not finish: list the repository again (--audit) before anything else",
-    "rollback_apply": "the rollback did not finish: list the repository again (--audit) before anything else",
 }
 
 

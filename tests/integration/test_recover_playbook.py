@@ -100,6 +100,11 @@ def test_recover_lists_flags_proposes_and_rolls_back_by_ordinal(tmp_path, sshd):
 
         rc, results = play(tmp_path, host, recover_transaction="999")
         assert rc != 0 and "no snapshot covers it" in json.dumps(results)
+        ended = result(
+            results,
+            "Fail if the rollback failed (the repository is as it was before it unless the message says otherwise)",
+        )
+        assert ended["failed"] and "no snapshot covers it" in ended["msg"]  # the last play ends it, with the cause
 
         rc, results = play(tmp_path, host, recover_ordinal=proposed["ordinal"])
         assert rc == 0, results
