@@ -15,6 +15,14 @@ A file whose size or modification time (in ns) in the archive differs from the r
 the sampling and borg reading it: it is counted as ``changed`` (not verified, not a failure). A file
 with the recorded size and time but other bytes is a ``mismatch``; a sampled file that the restore did
 not bring back is ``missing``. Both fail the drill, and so does a drill that verified nothing.
+
+The record also holds each file's owner and mode (``uid``, ``gid``, ``mode``: the whole ``st_mode``, so
+setuid, setgid and sticky bits count). A restored file whose owner or mode differ is an ``attributes``
+failure, checked before the size and time: a restore that cannot set owners or modes (a sandbox that
+forbids chown, or the setuid bit, as the drill unit's once did) leaves the modification time unset too,
+and would otherwise pass for a file that merely changed. Records written before these keys existed are
+compared on what they hold. A chmod or chown in the seconds between sampling and borg reading the file
+also shows as ``attributes``: the next archive's drill tells the two apart.
 """
 
 from __future__ import annotations
@@ -37,7 +45,8 @@ HASH_BLOCK = 1024**2
 
 PASSED = "passed"
 # Every result of a drill, the bad ones in the order they are told (the first that applies wins).
-RESULTS = (PASSED, "no_record", "error", "damaged", "missing", "mismatch", "nothing_verified")
+RESULTS = (PASSED, "no_record", "error", "damaged", "missing", "mismatch", "attributes", "nothing_verified")
+ATTRIBUTES = ("uid", "gid", "mode")  # compared after a restore when the record holds them
 
 
 class SampleError(Exception):
@@ -79,7 +88,15 @@ def measure(export: str, rel: str) -> dict | None:
     after = os.lstat(path)
     if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns):
         return None
-    return {"path": rel, "size": after.st_size, "mtime_ns": after.st_mtime_ns, "sha256": sha256}
+    return {
+        "path": rel,
+        "size": after.st_size,
+        "mtime_ns": after.st_mtime_ns,
+        "sha256": sha256,
+        "uid": after.st_uid,
+        "gid": after.st_gid,
+        "mode": after.st_mode,
+    }
 
 
 def candidates(export: str, count: int, rng, skip=lambda _path: False, leave_out=()) -> list:
@@ -229,10 +246,19 @@ def record_sample(state_dir: str, archive: str, sample: dict, now=None, keep=REC
 def compare(record: dict, root: str) -> dict:
     """Compare the files restored under ``root`` (borg's layout: ``root/<export without />/<path>``).
 
-    Returns the paths verified, changed (size or mtime differ from the record: changed between sampling
-    and archiving), mismatched (same size and time, other bytes) and missing, and the bytes read.
+    Returns the paths verified, with wrong attributes (owner or mode differ from the record; ``attribute_
+    details`` says how), changed (size or mtime differ: changed between sampling and archiving), mismatched
+    (same size and time, other bytes) and missing, and the bytes read.
     """
-    outcome = {"verified": [], "changed": [], "mismatch": [], "missing": [], "bytes": 0}
+    outcome = {
+        "verified": [],
+        "attributes": [],
+        "attribute_details": [],
+        "changed": [],
+        "mismatch": [],
+        "missing": [],
+        "bytes": 0,
+    }
     for entry in record.get("files", []):
         rel = check_relative(entry.get("path"))
         path = os.path.join(root, archive_path(record["export"], rel))
@@ -243,6 +269,11 @@ def compare(record: dict, root: str) -> dict:
             continue
         if not stat.S_ISREG(st.st_mode):
             outcome["missing"].append(rel)
+            continue
+        wrong = attribute_differences(entry, st)
+        if wrong:
+            outcome["attributes"].append(rel)
+            outcome["attribute_details"].append(f"{rel}: {wrong}")
             continue
         if (st.st_size, st.st_mtime_ns) != (entry.get("size"), entry.get("mtime_ns")):
             outcome["changed"].append(rel)
@@ -257,12 +288,28 @@ def compare(record: dict, root: str) -> dict:
     return outcome
 
 
+def attribute_differences(entry: dict, st) -> str:
+    """How a restored file's owner and mode differ from the record ("" when they agree or were not recorded)."""
+    found = {"uid": st.st_uid, "gid": st.st_gid, "mode": st.st_mode}
+    wrong = []
+    for key in ATTRIBUTES:
+        if key in entry and entry[key] != found[key]:  # absent: a record from before owners and modes
+            wrong.append(f"{key} {_shown(key, found[key])} (recorded {_shown(key, entry[key])})")
+    return ", ".join(wrong)
+
+
+def _shown(key: str, value) -> str:
+    return f"{value:o}" if key == "mode" and isinstance(value, int) else str(value)
+
+
 def verdict(outcome: dict) -> str:
-    """The drill's result from a comparison: missing, mismatch, nothing_verified, or passed."""
+    """The drill's result from a comparison: missing, mismatch, attributes, nothing_verified, or passed."""
     if outcome["missing"]:
         return "missing"
     if outcome["mismatch"]:
         return "mismatch"
+    if outcome.get("attributes"):
+        return "attributes"
     if not outcome["verified"]:
         return "nothing_verified"
     return PASSED

@@ -88,8 +88,8 @@ METRICS = {
         ARCHIVE,
     ),
     "grus_backup_drill_result": (
-        "1 for the result of the last restore drill (passed, mismatch, missing, damaged, no_record, error, "
-        "nothing_verified).",
+        "1 for the result of the last restore drill (passed, mismatch, missing, attributes, damaged, no_record, "
+        "error, nothing_verified).",
         ("repository", "prefix", "result"),
     ),
     "grus_backup_drill_files": ("Files in the sample the last restore drill checked.", ARCHIVE),

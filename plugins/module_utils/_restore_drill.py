@@ -7,10 +7,11 @@ layer 6: may import _borg_failures, _borg_repo, _drill_sample.
 Private to grus.backup; the key holder's ``grus-backup-run --drill`` (``_backup_job``) runs it weekly.
 It takes the newest archive of the job's prefix that has a drill record (``_drill_sample``), runs
 ``borg extract`` of exactly the sampled paths into a scratch directory (``mkdtemp`` in the state
-directory: root only; removed afterwards, also when anything fails), and compares size, modification
-time and SHA-256 with the record. It fails on: no record for any archive, a borg error, damaged data
-(borg's "all-zero chunks" and size warnings, see ``_borg_failures.damaged_items``), a missing file, a
-hash mismatch, or a sample where nothing could be verified. Never a silent pass.
+directory: root only; removed afterwards, also when anything fails), and compares owner, mode, size,
+modification time and SHA-256 with the record. It fails on: no record for any archive, a borg error, damaged
+data (borg's "all-zero chunks" and size warnings, see ``_borg_failures.damaged_items``), a missing file, a
+hash mismatch, a wrong owner or mode (``attributes``), or a sample where nothing could be verified. Never a
+silent pass.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class DrillReport:
     bytes: int = 0
     duration_seconds: float = 0.0
     verified: list = field(default_factory=list)
+    attributes: list = field(default_factory=list)
     changed: list = field(default_factory=list)
     mismatch: list = field(default_factory=list)
     missing: list = field(default_factory=list)
@@ -154,7 +156,7 @@ def run_drill(conn: BorgRepo, state_dir: str, prefix: str, clock=time.monotonic)
     except DrillFailed as exc:
         return report.fail(exc.result, exc.message)
     report.bytes = outcome["bytes"]
-    for key in ("verified", "changed", "mismatch", "missing"):
+    for key in ("verified", "attributes", "changed", "mismatch", "missing"):
         setattr(report, key, outcome[key])
     report.result = _drill_sample.verdict(outcome)
     named = f"{conn.repo}::{archive['name']}"
@@ -164,6 +166,12 @@ def run_drill(conn: BorgRepo, state_dir: str, prefix: str, clock=time.monotonic)
         report.errors.append(
             f"{len(report.mismatch)} file(s) restored from {named} differ from their SHA-256 recorded when the "
             f"archive was made (same size and time): {_few(report.mismatch)}"
+        )
+    if report.attributes:
+        report.errors.append(
+            f"{len(report.attributes)} file(s) restored from {named} with another owner or mode than recorded "
+            f"when the archive was made (a restore that cannot set owners or modes, e.g. a sandbox without chown "
+            f"or the setuid bit): {_few(outcome['attribute_details'])}"
         )
     if report.result == "nothing_verified":
         report.errors.append(

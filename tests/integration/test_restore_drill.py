@@ -261,3 +261,64 @@ def test_bad_drill_settings_are_refused(job):
         proc = job["run"]()
         assert proc.returncode == 2 and key in proc.stderr, proc.stderr
     assert snapshot(job["repo"]) == before and not job["state"].exists()  # refused before anything ran
+
+
+# Owners and modes the drill must see restored (issue 22): a setuid-root file, a setgid file of another group, a
+# file only another user may read, a hard-linked pair. Run as root (borg restores owners only for root).
+ATTRIBUTE_FILES = {
+    "antigone/attrs/setuid-root": (0, 0, 0o4755),
+    "antigone/attrs/setgid-4321": (0, 4321, 0o2750),
+    "antigone/attrs/private-4321": (4321, 4321, 0o600),
+    "antigone/attrs/linked-a": (4321, 0, 0o640),
+}
+LINKED = "antigone/attrs/linked-b"  # a hard link of linked-a
+
+
+def plant_attribute_files(job) -> None:
+    for rel, (uid, gid, mode) in ATTRIBUTE_FILES.items():
+        path = job["export"] / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"{rel}\n")
+        os.chown(path, uid, gid)
+        os.chmod(path, mode)  # after chown, which clears setuid and setgid
+    os.link(job["export"] / "antigone/attrs/linked-a", job["export"] / LINKED)
+    # All of them canaries: always in the sample, whatever the random draw.
+    cfg = dict(job["cfg"], drill_canaries=[BIG, *ATTRIBUTE_FILES, LINKED], drill_sample_bytes=3_000_000 + 4000)
+    (job["tmp"] / "backup.json").write_text(json.dumps(cfg))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="borg restores owners only as root")
+def test_owners_and_modes_are_recorded_restored_and_wrong_ones_fail_the_drill(job):
+    plant_attribute_files(job)
+    backup(job)
+    (record,) = records(job)
+    files = {f["path"]: f for f in record["files"]}
+    for rel, (uid, gid, mode) in ATTRIBUTE_FILES.items():
+        assert (files[rel]["uid"], files[rel]["gid"], files[rel]["mode"]) == (uid, gid, stat.S_IFREG | mode), rel
+    assert files[LINKED]["uid"] == 4321 and files[LINKED]["mode"] == stat.S_IFREG | 0o640
+
+    # Every sampled file comes back with its owner and mode, the setuid and setgid bits included: verified.
+    proc, drill = job["drill"]()
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert drill["result"] == "passed" and drill["attributes"] == [] and drill["changed"] == []
+    assert set(ATTRIBUTE_FILES) | {LINKED} <= set(drill["verified"])
+
+    # A restore that brings the bytes back under another owner or mode is a failed drill, cause `attributes`.
+    files["antigone/attrs/private-4321"]["uid"] = 1234
+    files["antigone/attrs/setuid-root"]["mode"] = stat.S_IFREG | 0o755
+    write_records(job, [record])
+    proc, drill = job["drill"]()
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert drill["result"] == "attributes"
+    assert sorted(drill["attributes"]) == ["antigone/attrs/private-4321", "antigone/attrs/setuid-root"]
+    assert "uid 4321 (recorded 1234)" in proc.stderr and "mode 104755 (recorded 100755)" in proc.stderr
+    assert 'result="attributes"} 1.0' in (job["metrics"] / "grus_backup_drill.prom").read_text()
+    assert scratch_left(job) == []
+
+    # A record from before owners and modes were recorded is compared on what it holds.
+    for entry in record["files"]:
+        for key in ("uid", "gid", "mode"):
+            entry.pop(key)
+    write_records(job, [record])
+    proc, drill = job["drill"]()
+    assert proc.returncode == 0 and drill["result"] == "passed", proc.stdout + proc.stderr

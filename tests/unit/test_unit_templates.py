@@ -62,3 +62,31 @@ def test_the_key_holders_borg_units_get_the_shared_sandbox():
         text = render(ROOT / "roles" / "key_holder" / "templates" / f"{name}.service.j2")
         assert re.search(r"^UMask=0077$", text, re.M), f"{name}: {text}"
         assert re.search(r"^ProtectSystem=strict$", text, re.M), f"{name}: {text}"
+
+
+def test_only_the_drill_unit_may_restore_owners_and_setuid_bits():
+    """The drill restores owners and modes into its scratch directory (issue 22); the other borg units may not.
+
+    systemd applies SystemCallFilter= lists and a later RestrictSUIDSGID= in order: the allow entry and the
+    ``no`` must come after the shared sandbox's ``~@privileged`` and ``yes``, or they change nothing.
+    """
+    for name in ("grus-backup", "grus-backup-check", "grus-backup-verify", "grus-backup-drill"):
+        lines = render(ROOT / "roles" / "key_holder" / "templates" / f"{name}.service.j2").splitlines()
+        filters = [line for line in lines if line.startswith("SystemCallFilter=")]
+        suid = [line for line in lines if line.startswith("RestrictSUIDSGID=")]
+        caps = [line for line in lines if line.startswith("CapabilityBoundingSet=")]
+        if name == "grus-backup-drill":
+            assert filters == [
+                "SystemCallFilter=@system-service",
+                "SystemCallFilter=~@privileged @resources",
+                "SystemCallFilter=@chown",
+            ], filters
+            assert suid == ["RestrictSUIDSGID=yes", "RestrictSUIDSGID=no"], suid
+            assert set(caps[-1].split("=", 1)[1].split()) == {
+                "CAP_DAC_OVERRIDE",
+                "CAP_CHOWN",
+                "CAP_FOWNER",
+                "CAP_FSETID",
+            }, caps
+        else:
+            assert "SystemCallFilter=@chown" not in filters and suid == ["RestrictSUIDSGID=yes"], (name, lines)

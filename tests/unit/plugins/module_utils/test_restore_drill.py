@@ -63,7 +63,7 @@ def test_the_sample_holds_the_canaries_and_random_files_within_the_byte_cap(expo
         st = (export / rel).stat()
         assert entry["size"] == len(data) and entry["mtime_ns"] == st.st_mtime_ns
         assert entry["sha256"] == _drill_sample.file_digest(str(export / rel))[0]
-        assert set(entry) <= {"path", "size", "mtime_ns", "sha256", "canary"}
+        assert set(entry) <= {"path", "size", "mtime_ns", "sha256", "uid", "gid", "mode", "canary"}
 
 
 def test_canaries_are_in_even_beyond_the_cap_and_random_files_stop_at_the_count(export):
@@ -178,6 +178,39 @@ def test_compare_verifies_counts_changed_and_finds_mismatch_and_missing(tmp_path
     assert outcome["missing"] == [missing["path"]]
     assert _drill_sample.verdict(outcome) == "missing"
     assert _drill_sample.verdict(dict(outcome, missing=[])) == "mismatch"
+
+
+def test_owners_and_modes_are_recorded_and_compared(tmp_path, export):
+    sample = _drill_sample.take_sample(str(export), ["client/canary.txt"], 2, 10**6, skip=skip_logs)
+    record = {"export": str(export), "files": sample["files"]}
+    for entry in record["files"]:
+        st = (export / entry["path"]).stat()
+        assert (entry["uid"], entry["gid"], entry["mode"]) == (st.st_uid, st.st_gid, st.st_mode)
+    root = restored(tmp_path, export, record)
+    for entry in record["files"]:
+        (root / _drill_sample.archive_path(str(export), entry["path"])).chmod(stat.S_IMODE(entry["mode"]))
+    assert _drill_sample.verdict(_drill_sample.compare(record, str(root))) == "passed"
+
+    # Restored with the setuid bit lost and under another owner: not `changed`, a failed drill.
+    first, second = record["files"][0], record["files"][1]
+    first["mode"] |= stat.S_ISUID
+    second["uid"] += 1
+    second["mtime_ns"] += 1  # a restore that could not set the mode leaves the time unset too: still attributes
+    outcome = _drill_sample.compare(record, str(root))
+    assert outcome["attributes"] == [first["path"], second["path"]] and outcome["changed"] == []
+    assert (
+        f"{first['path']}: mode {first['mode'] & ~stat.S_ISUID:o} (recorded {first['mode']:o})"
+        in (outcome["attribute_details"])
+    )
+    assert _drill_sample.verdict(outcome) == "attributes"
+    assert _drill_sample.verdict(dict(outcome, missing=["x"])) == "missing"
+
+    # A record from before owners and modes were recorded: compared on what it holds.
+    for entry in record["files"]:
+        for key in _drill_sample.ATTRIBUTES:
+            entry.pop(key)
+    outcome = _drill_sample.compare(record, str(root))
+    assert outcome["attributes"] == [] and outcome["changed"] == [second["path"]]
 
 
 def test_nothing_verified_is_not_a_pass():
