@@ -32,9 +32,11 @@ export PYTHONPATH := $(COLLECTIONS)
 export ANSIBLE_CONFIG := $(ROOT)/ansible.cfg
 
 # pytest exits 5 when it collected nothing: that is never a pass here.
+# A PYTEST_ARGS that names tests (a path under tests/) runs those alone, not the whole suite beside them.
+suite = $(if $(findstring tests/,$(PYTEST_ARGS)),,$(1))
 define run_pytest
 	rc=0; $(BIN)/pytest $(1) $(PYTEST_ARGS) || rc=$$?; \
-	if [ $$rc = 5 ]; then echo "FAILED: pytest collected no tests in $(1)" >&2; exit 1; fi; exit $$rc
+	if [ $$rc = 5 ]; then echo "FAILED: pytest collected no tests in $(strip $(1) $(PYTEST_ARGS))" >&2; exit 1; fi; exit $$rc
 endef
 
 .PHONY: help deps host-deps venv link test lint sanity unit integration molecule demo demo-up demo-down \
@@ -109,13 +111,13 @@ sanity: deps
 unit: deps
 	cd $(ROOT)/extensions/prometheus && promtool check rules grus_backup.rules.yml && \
 	  promtool test rules grus_backup.rules.test.yml grus_backup.rules.long.test.yml
-	@$(call run_pytest,$(ROOT)/tests/unit)
+	@$(call run_pytest,$(call suite,$(ROOT)/tests/unit))
 
 # Each test makes its own repositories, temp dirs and sshd (one per worker): they run on every core.
 INTEGRATION_WORKERS ?= $(shell nproc)
 
 integration: deps
-	@$(call run_pytest,-n $(INTEGRATION_WORKERS) $(ROOT)/tests/integration)
+	@$(call run_pytest,-n $(INTEGRATION_WORKERS) $(call suite,$(ROOT)/tests/integration))
 
 # Each scenario names its Debian release in molecule.yml (image grus-backup-<suite>); `full` and
 # `full_bookworm` deploy from the tarball `make tarball` installs (.build/installed), as a user would.
