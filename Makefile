@@ -24,7 +24,7 @@ SCENARIOS := $(sort $(notdir $(patsubst %/molecule.yml,%,$(wildcard $(ROOT)/mole
 # The longest first, so that the lanes of `make molecule` end together.
 # `demo` is the README's `make demo`, run as one of them.
 SCENARIOS_ORDERED := $(filter full,$(SCENARIOS)) $(filter full_bookworm,$(SCENARIOS)) demo \
-                     $(filter-out full full_bookworm,$(SCENARIOS))
+                     $(filter incident,$(SCENARIOS)) $(filter-out full full_bookworm incident,$(SCENARIOS))
 
 export PATH := $(BIN):$(PATH)
 export ANSIBLE_COLLECTIONS_PATH := $(COLLECTIONS)
