@@ -63,12 +63,23 @@ def candidates(repo: str, state_dir: str, thresholds: _segments.Thresholds) -> l
     return found
 
 
+def rolled_away(txn: dict) -> bool:
+    """A transaction an earlier rollback took out of the history: only its ``before-rollback`` snapshot holds it."""
+    info = txn.get("snapshot") or {}
+    return info.get("rolled_back_to_time") is not None and txn["time"] > float(info["rolled_back_to_time"])
+
+
 def proposed_last_good(found: list[dict]) -> dict | None:
-    """The transaction just before the first suspicious one; the newest when none is suspicious."""
-    for index, txn in enumerate(found):
+    """The transaction just before the first suspicious one; the newest when none is suspicious.
+
+    What an earlier rollback took away is no longer history: a delete already rolled back neither counts as
+    the first suspicious one (the backups made since are good) nor is proposed.
+    """
+    history = [t for t in found if not rolled_away(t)]
+    for index, txn in enumerate(history):
         if txn["suspicious"]:
-            return found[index - 1] if index else None
-    return found[-1] if found else None
+            return history[index - 1] if index else None
+    return history[-1] if history else None
 
 
 def human_bytes(size: int) -> str:
@@ -88,6 +99,13 @@ def rollback_command(inventories: list[str], name: str, ordinal: int) -> str:
     )
 
 
+def mark(txn: dict) -> str:
+    parts = ["rolled back earlier"] if rolled_away(txn) else []
+    if txn["suspicious"]:
+        parts.append(f"SUSPICIOUS: {txn['reason']}")
+    return "; ".join(parts)
+
+
 def render(report: dict, inventories: list[str], name: str) -> list[str]:
     """The listing a person reads during an incident: one aligned line per transaction, then what to do."""
     found = report["transactions"]
@@ -101,20 +119,20 @@ def render(report: dict, inventories: list[str], name: str) -> list[str]:
             human_bytes(t["bytes_put"]),
             f"{t['objects_deleted']} obj",
             human_bytes(t["bytes_deleted"]),
-            f"SUSPICIOUS: {t['reason']}" if t["suspicious"] else "",
+            mark(t),
         )
         for t in found
     ]
     widths = [max((len(row[i]) for row in rows), default=0) for i in range(8)]
     lines = [f"{report['repository']}: {len(found)} transaction(s) one can roll back to (oldest first)"]
     for row in rows:
-        ordinal, when, source, label, put, put_bytes, deleted, deleted_bytes, mark = row
+        ordinal, when, source, label, put, put_bytes, deleted, deleted_bytes, note = row
         text = (
             f"{ordinal:>{widths[0]}}  {when}  {source:<{widths[2]}}  {label:<{widths[3]}}  "
             f"put {put:>{widths[4]}} {put_bytes:>{widths[5]}}  "
             f"deleted {deleted:>{widths[6]}} {deleted_bytes:>{widths[7]}}"
         )
-        lines.append(f"{text}  {mark}" if mark else text.rstrip())
+        lines.append(f"{text}  {note}" if note else text.rstrip())
     proposed = report["proposed"]
     suspicious = ", ".join(f"#{n}" for n in report["suspicious"]) or "none"
     if proposed:
@@ -212,6 +230,7 @@ def rollback(args) -> int:
             f"the next --rollback, --restore-flag or scheduled compaction first puts {args.repo} back as it was; "
             f"the state before it is snapshot {os.path.basename(before)}"
         )
+    mark_rolled_back(before, target)
     checked = borg.borg("check", "--repository-only", args.repo, timeout=24 * 3600)
     if not checked.ok:
         raise job.JobError(f"borg check --repository-only {args.repo} failed after the rollback: {checked.stderr}")
@@ -220,6 +239,22 @@ def rollback(args) -> int:
         f"{target['time_utc']}, from {target['source']}); borg check --repository-only passed"
     )
     return 0
+
+
+def mark_rolled_back(snapshot: str, target: dict) -> None:
+    """The ``before-rollback`` snapshot records what the rollback went back to: its later transactions are
+    then known as rolled away (``rolled_away``), so a later incident's proposal does not go back past them."""
+    path = os.path.join(snapshot, job.SNAPSHOT_INFO)
+    with open(path, encoding="utf-8") as fd:
+        info = json.load(fd)
+    info.update(rolled_back_to_time=target["time"], rolled_back_to=target["label"])
+    with open(path + ".tmp", "w", encoding="utf-8") as fd:
+        json.dump(info, fd, indent=1)
+        fd.flush()
+        os.fsync(fd.fileno())
+    os.chmod(path + ".tmp", os.stat(path).st_mode & 0o777)
+    os.chown(path + ".tmp", os.stat(path).st_uid, os.stat(path).st_gid)
+    os.replace(path + ".tmp", path)
 
 
 def parse(argv: list[str]) -> argparse.Namespace:

@@ -75,6 +75,28 @@ def test_a_target_is_found_by_ordinal_or_number_and_refused_when_ambiguous():
     assert tools.proposed_last_good([txn(1, 1, 0, suspicious=True)]) is None
 
 
+def test_a_delete_already_rolled_back_is_history_no_more():
+    """Second incident: the first delete lives on only in its before-rollback snapshot. The proposal is the backup
+    made since the rollback, not the state before the first delete (that would lose the backups between)."""
+    before = {"reason": "before-rollback", "rolled_back_to_time": 4, "rolled_back_to": "4:4-4"}
+    found = [txn(1, 2, 1), txn(2, 4, 3), txn(3, 6, 5, "20261201T033000Z-before-rollback", suspicious=True)]
+    found[2]["reason"] = "deleted 12 of 12"
+    found += [txn(4, 8, 7), txn(5, 10, 9, suspicious=True)]
+    for t in found:
+        t["time"] = t["number"]
+    for t in found[:3]:
+        t["snapshot"] = before
+    assert tools.proposed_last_good(found)["ordinal"] == 4
+    assert tools.mark(found[2]).startswith("rolled back earlier; SUSPICIOUS")
+    assert tools.mark(found[1]) == ""
+    # The intruder deletes again right after the rollback: back to what the first rollback went back to.
+    assert tools.proposed_last_good(found[:3] + found[4:])["ordinal"] == 2
+    # Without the record (an older snapshot), the first suspicious one still decides, as before.
+    for t in found[:3]:
+        t["snapshot"] = {"reason": "before-rollback"}
+    assert tools.proposed_last_good(found)["ordinal"] == 2
+
+
 def test_the_flag_fallback_rewrites_the_config_atomically(tmp_path):
     repo = tmp_path / "repo"
     repo.mkdir()
