@@ -13,19 +13,24 @@ JOB_MODULE = "ansible_collections.grus.backup.plugins.module_utils._backup_job"
 COLLECTIONS = Path(__file__).resolve().parents[2] / ".build" / "collections"
 
 
-def snapshot(root: Path) -> dict:
-    """Every file, link and directory under root with its SHA-256 (byte identity of a repository)."""
+def snapshot(root: Path, inodes: bool = False, skip_prefix: str | None = None) -> dict:
+    """Every file, link and directory under root with its SHA-256 (byte identity of a repository); with
+    ``inodes``, each file's inode too (the same files, not only the same bytes); ``skip_prefix``: names left out
+    (borg's ``lock.`` files)."""
     state = {}
     for dirpath, dirnames, filenames in os.walk(root):
         for name in dirnames:
             state[os.path.relpath(os.path.join(dirpath, name), root)] = "dir"
         for name in filenames:
             path = os.path.join(dirpath, name)
+            if skip_prefix and name.startswith(skip_prefix):
+                continue
             if os.path.islink(path):
                 state[os.path.relpath(path, root)] = "link:" + os.readlink(path)
             else:
                 with open(path, "rb") as handle:
-                    state[os.path.relpath(path, root)] = hashlib.sha256(handle.read()).hexdigest()
+                    digest = hashlib.sha256(handle.read()).hexdigest()
+                state[os.path.relpath(path, root)] = (os.stat(path).st_ino, digest) if inodes else digest
     return state
 
 

@@ -31,6 +31,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from helpers import snapshot
 from test_compact_guard import CLIENT_KEYS, Host
 from test_compaction import make_host
 
@@ -144,17 +145,7 @@ class World:
 
 def repository_state(repo: Path) -> dict:
     """Every file (borg's lock aside) with its inode and SHA-256, and every directory."""
-    state = {}
-    for dirpath, dirnames, filenames in os.walk(repo):
-        for name in dirnames:
-            state[os.path.relpath(os.path.join(dirpath, name), repo)] = "dir"
-        for name in filenames:
-            if name.startswith("lock."):
-                continue
-            path = os.path.join(dirpath, name)
-            with open(path, "rb") as fd:
-                state[os.path.relpath(path, repo)] = (os.stat(path).st_ino, hashlib.sha256(fd.read()).hexdigest())
-    return {k: v for k, v in state.items() if not k.startswith("lock.")}
+    return snapshot(repo, inodes=True, skip_prefix="lock.")
 
 
 @pytest.fixture
