@@ -80,10 +80,9 @@ def test_the_line_names_the_type_the_message_and_where(monkeypatch):
     def inner():
         raise STAMP_ERROR
 
-    try:
+    with pytest.raises(PermissionError) as caught:
         inner()
-    except PermissionError as exc:
-        line = _unexpected.line("grus-borg-compact", exc, "nothing more was done")
+    line = _unexpected.line("grus-borg-compact", caught.value, "nothing more was done")
     assert line.startswith(
         "grus-borg-compact: FAILED: unexpected PermissionError: [Errno 1] Operation not permitted: "
         "'/srv/borg/antigone/.cache/grus-last-compact' (at test_unexpected.py:"
