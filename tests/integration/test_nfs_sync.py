@@ -502,7 +502,8 @@ def test_over_ssh_through_an_rrsync_restricted_key(run_module, tmp_path, sshd):
 # ---- the key holder's receiving guard (grus-sync-receive in front of rrsync) -----------------------
 
 
-RECEIVE_SHIPPED = ("_sync_receive.py",)
+# What grus-sync-receive imports (its closure, as test_shipped_files.py proves for the role).
+RECEIVE_SHIPPED = ("_sync_receive.py", "_unexpected.py")
 
 
 def receiver_command(tmp_path: Path, directory: Path, *extra: str) -> str:
