@@ -47,7 +47,7 @@ import time
 from . import _metrics, _ping, _rollback, _segments, _unexpected
 from ._runner import run
 
-PROG = "grus-borg-compact"
+PROG = _rollback.PROG
 HOLD_NAME = "GRUS-HOLD-COMPACTION"
 AUDIT_OWNER = "audit"
 SNAPSHOT_INFO = "grus-snapshot.json"
@@ -56,7 +56,7 @@ SNAPSHOT_NAME = re.compile(r"^\d{8}T\d{6}Z(-[a-z0-9-]+)?$")
 # a rollback keeps the repository's highest reserved nonce (a lower one would let a client reuse nonces).
 COPIED_FILES = ("config", "README", "transactions")
 DUE_SLACK_SECONDS = 3600  # the daily timer fires within a minute of its time; a run a little early is due
-LOCK_WAIT = 600
+LOCK_WAIT = _rollback.LOCK_WAIT
 
 
 class JobError(Exception):
@@ -364,25 +364,38 @@ def due(stamp: str, interval_days: float) -> bool:
     return age >= interval_days * 86400 - DUE_SLACK_SECONDS
 
 
-def write_stamp(stamp: str, start: float) -> None:
-    """A new file replaces the stamp (temp, fsync, its mtime set on our own fd, rename): root owns it.
+def replace_file(path: str, text: str, mtime: float | None = None, like: str | None = None) -> None:
+    """A new file replaces ``path`` (temp in the same directory, fsync, rename); a failure leaves no temp file.
 
-    The unit has no CAP_FOWNER, so root cannot ``utime`` a stamp another user owns (an older role made
-    it ``borg-<repo>``'s): only a file it created itself can take the compaction's start as its time.
+    ``mtime`` is set on our own fd (no CAP_FOWNER needed: root created the file); ``like`` gives it that
+    file's mode and owner (else root's, at the process umask).
     """
-    directory = os.path.dirname(os.path.abspath(stamp))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(stamp)}.")
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=f".{os.path.basename(path)}.")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(f"grus.backup: last compaction started {utc(start)}\n")
+            handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
-            os.utime(handle.fileno(), (start, start))
-        os.replace(tmp, stamp)
+            if like is not None:
+                stat = os.stat(like)
+                os.fchmod(handle.fileno(), stat.st_mode & 0o7777)
+                os.fchown(handle.fileno(), stat.st_uid, stat.st_gid)
+            if mtime is not None:
+                os.utime(handle.fileno(), (mtime, mtime))
+        os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def write_stamp(stamp: str, start: float) -> None:
+    """The stamp as a new file (``replace_file``), so root owns it.
+
+    The unit has no CAP_FOWNER, so root cannot ``utime`` a stamp another user owns (an older role made
+    it ``borg-<repo>``'s): only a file it created itself can take the compaction's start as its time.
+    """
+    replace_file(stamp, f"grus.backup: last compaction started {utc(start)}\n", mtime=start)
 
 
 def parse_backup_times(text: str) -> list:

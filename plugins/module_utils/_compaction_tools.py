@@ -248,13 +248,7 @@ def mark_rolled_back(snapshot: str, target: dict) -> None:
     with open(path, encoding="utf-8") as fd:
         info = json.load(fd)
     info.update(rolled_back_to_time=target["time"], rolled_back_to=target["label"])
-    with open(path + ".tmp", "w", encoding="utf-8") as fd:
-        json.dump(info, fd, indent=1)
-        fd.flush()
-        os.fsync(fd.fileno())
-    os.chmod(path + ".tmp", os.stat(path).st_mode & 0o777)
-    os.chown(path + ".tmp", os.stat(path).st_uid, os.stat(path).st_gid)
-    os.replace(path + ".tmp", path)
+    job.replace_file(path, json.dumps(info, indent=1), like=path)
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
